@@ -1,0 +1,188 @@
+"""The `metering` console script. Each flag has an environment twin (see settings.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+from pathlib import Path
+
+from metering.settings import Settings, SettingsError, load_settings
+
+__all__ = ["main"]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap-servers", dest="kafka_bootstrap_servers",
+                        help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--events-topic", dest="events_topic",
+                        help="events topic (env METERING_EVENTS_TOPIC)")
+    parser.add_argument("--dlq-topic", dest="dlq_topic",
+                        help="dead-letter topic (env METERING_DLQ_TOPIC)")
+    parser.add_argument("--clickhouse-url", dest="clickhouse_url",
+                        help="chdb://PATH or http(s)://user:pass@host:8123 (env CLICKHOUSE_URL)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metering", description="Usage metering: Kafka events to exact ClickHouse rollups."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    replay = commands.add_parser("replay", help="publish JSONL(.gz) lines to the events topic")
+    _common(replay)
+    replay.add_argument("paths", nargs="+", type=Path)
+
+    worker = commands.add_parser("worker", help="run the stream processors")
+    _common(worker)
+    worker.add_argument("--until-idle", type=float, metavar="SECONDS",
+                        help="exit 0 once everything is flushed and nothing arrived for SECONDS")
+    worker.add_argument("--consumer-group", dest="consumer_group",
+                        help="consumer group (env METERING_CONSUMER_GROUP)")
+    worker.add_argument("--batch-max-events", dest="batch_max_events", type=int,
+                        help="events per flush at most (env METERING_BATCH_MAX_EVENTS)")
+    worker.add_argument("--batch-max-seconds", dest="batch_max_seconds", type=float,
+                        help="seconds a batch waits to fill (env METERING_BATCH_MAX_SECONDS)")
+    worker.add_argument("--partitions", dest="topic_partitions", type=int,
+                        help="partitions of topics this worker creates (env METERING_TOPIC_PARTITIONS)")
+
+    query = commands.add_parser("query", help="run SQL on the configured store")
+    _common(query)
+    query.add_argument("sql")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    simulate = commands.add_parser("simulate", help="seeded synthetic ChatGPT Gov traffic")
+    _common(simulate)
+    simulate.add_argument("--messages", type=int, required=True)
+    simulate.add_argument("--seed", type=int, default=7)
+    simulate.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 2),
+                          help="first UTC day, YYYY-MM-DD")
+    simulate.add_argument("--days", type=int, default=1)
+    simulate.add_argument("--agencies", type=int, default=3500)
+    simulate.add_argument("--users", type=int, default=90000)
+    simulate.add_argument("--duplicate-rate", type=float, default=0.0)
+    simulate.add_argument("--late-rate", type=float, default=0.0)
+    target = simulate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="write JSONL (.gz compresses)")
+    target.add_argument("--to-kafka", action="store_true", help="publish to the events topic")
+
+    headline = commands.add_parser("headline", help="per-tenant headline for one UTC day")
+    _common(headline)
+    headline.add_argument("--day", type=date.fromisoformat, help="YYYY-MM-DD (default: latest)")
+
+    migrate = commands.add_parser("migrate", help="create or update the ClickHouse tables")
+    _common(migrate)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = [name for name in Settings.model_fields if hasattr(args, name)]
+    return load_settings(**{name: getattr(args, name) for name in names})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from metering.logs import configure_logging
+
+    configure_logging()
+    try:
+        settings = _settings(args)
+        return int(_dispatch(args, settings))
+    except SettingsError as error:
+        print(f"metering {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        from metering.errors import explain
+
+        message = explain(error)
+        if message is None:
+            raise
+        print(f"metering {args.command}: {message}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.command
+    if command == "replay":
+        from metering.progress import Progress
+        from metering.replay import replay
+        from metering.topics import ensure_topics
+
+        ensure_topics(settings)
+        progress = Progress("replay")
+        sent = replay(settings, args.paths, progress)
+        progress.done()
+        print(f"published {sent} messages to {settings.events_topic}")
+        return 0
+    if command == "worker":
+        from metering.worker import run_worker
+
+        summary = run_worker(settings, until_idle=args.until_idle)
+        metrics = summary.metrics
+        print(
+            f"worker: {metrics['events_in']} messages in {summary.seconds:.1f}s; counted "
+            f"{metrics['counted']}, duplicates {metrics['duplicates']}, rejected "
+            f"{sum(metrics['rejected'].values())}, flushes {metrics['flushes']}"  # type: ignore[attr-defined]
+        )
+        return 0
+    if command == "query":
+        from metering.migrations import apply_migrations
+        from metering.query import format_result, run_query
+        from metering.store import connect
+
+        client = connect(settings.clickhouse_url)
+        apply_migrations(client)
+        columns, rows = run_query(client, args.sql)
+        print(format_result(columns, rows, args.format))
+        return 0
+    if command == "simulate":
+        return _simulate(args, settings)
+    if command == "headline":
+        from metering.headline import print_headline
+
+        return print_headline(settings, args.day)
+    if command == "migrate":
+        from metering.migrations import apply_migrations
+        from metering.store import connect
+
+        applied = apply_migrations(connect(settings.clickhouse_url))
+        print(f"applied {len(applied)} migration(s)")
+        return 0
+    raise AssertionError(command)
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from metering.progress import Progress
+    from metering.simulate import SimulationPlan, generate_events, write_jsonl
+
+    plan = SimulationPlan(
+        messages=args.messages,
+        seed=args.seed,
+        start=args.start,
+        days=args.days,
+        agencies=args.agencies,
+        users=args.users,
+        duplicate_rate=args.duplicate_rate,
+        late_rate=args.late_rate,
+    )
+    progress = Progress("simulate", total=args.messages)
+    if args.out is not None:
+        written = write_jsonl(plan, args.out, progress=progress.reach)
+        progress.done()
+        print(f"wrote {written} events to {args.out}")
+        return 0
+    from metering.replay import publish_lines
+    from metering.topics import ensure_topics
+
+    ensure_topics(settings)
+
+    sent = publish_lines(settings, generate_events(plan), progress)
+    progress.done()
+    print(f"published {sent} events to {settings.events_topic}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

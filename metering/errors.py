@@ -1,0 +1,27 @@
+"""Turn the errors a user can fix into one clear line (what failed, what to do)."""
+
+from __future__ import annotations
+
+__all__ = ["explain"]
+
+
+def explain(error: BaseException) -> str | None:
+    from kafka.errors import KafkaError, NoBrokersAvailable
+
+    from metering.migrations import MigrationError
+    from metering.replay import ReplayError
+    from metering.store import StoreError
+    from metering.topics import KafkaUnavailableError
+
+    if isinstance(error, (StoreError, MigrationError, ReplayError, KafkaUnavailableError)):
+        return str(error)
+    if isinstance(error, NoBrokersAvailable):
+        return (
+            "no Kafka broker answered at KAFKA_BOOTSTRAP_SERVERS; start one with "
+            "infra/kafka/start or point the variable at your cluster"
+        )
+    if isinstance(error, KafkaError):
+        return f"Kafka error: {type(error).__name__}: {error}"
+    if type(error).__name__ in ("DatabaseError", "OperationalError", "ProgrammingError"):
+        return f"ClickHouse: {error}"
+    return None

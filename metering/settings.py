@@ -1,0 +1,81 @@
+"""One validated settings object; every field has an environment twin (CONTRACT section 4)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class SettingsError(ValueError):
+    """Every invalid setting at once, each named by its environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    kafka_bootstrap_servers: Annotated[
+        str, Field(validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"), min_length=1)
+    ] = "127.0.0.1:9092"
+    events_topic: Annotated[
+        str, Field(validation_alias=_env("METERING_EVENTS_TOPIC"), pattern=r"^[A-Za-z0-9._-]+$")
+    ] = "usage.events"
+    dlq_topic: Annotated[
+        str, Field(validation_alias=_env("METERING_DLQ_TOPIC"), pattern=r"^[A-Za-z0-9._-]+$")
+    ] = "usage.events.dlq"
+    clickhouse_url: Annotated[str, Field(validation_alias=_env("CLICKHOUSE_URL"))] = (
+        "chdb://./var/clickhouse"
+    )
+    consumer_group: Annotated[
+        str, Field(validation_alias=_env("METERING_CONSUMER_GROUP"), pattern=r"^[A-Za-z0-9._-]+$")
+    ] = "govmeter"
+    topic_partitions: Annotated[
+        int, Field(validation_alias=_env("METERING_TOPIC_PARTITIONS"), ge=1, le=1024)
+    ] = 6
+    batch_max_events: Annotated[
+        int, Field(validation_alias=_env("METERING_BATCH_MAX_EVENTS"), ge=1, le=1_000_000)
+    ] = 20_000
+    batch_max_seconds: Annotated[
+        float, Field(validation_alias=_env("METERING_BATCH_MAX_SECONDS"), gt=0, le=60)
+    ] = 1.0
+    store_retry_max_seconds: Annotated[
+        float, Field(validation_alias=_env("METERING_STORE_RETRY_MAX_SECONDS"), gt=0, le=600)
+    ] = 30.0
+    worker_name: Annotated[str, Field(validation_alias=_env("METERING_WORKER_NAME"))] = ""
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _known_store_scheme(cls, value: str) -> str:
+        if not value.startswith(("chdb://", "http://", "https://")):
+            raise ValueError(
+                "must start with chdb:// (embedded store on disk, e.g. chdb://./var/clickhouse) "
+                "or http(s):// (a ClickHouse server, e.g. http://user:pass@host:8123)"
+            )
+        return value
+
+
+_ENV_NAMES = {
+    name: str(field.validation_alias.choices[0])  # type: ignore[union-attr]
+    for name, field in Settings.model_fields.items()
+}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment, apply command-line overrides, report every problem at once."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False, include_input=False):
+            field = str(item["loc"][0]) if item["loc"] else "?"
+            name = _ENV_NAMES.get(field, field)
+            problems.append(f"  {name}: {item['msg']}")
+        raise SettingsError("invalid configuration:\n" + "\n".join(problems)) from None

@@ -1,0 +1,642 @@
+"""Seeded synthetic usage traffic for the government chat service.
+
+Every user message becomes one usage event, one compact JSON object per line. The generator
+streams: agency and user tables (about 90k users) are held in memory, events never are, so a run
+of 18 million messages uses the same memory as a run of 18 thousand.
+
+Shape of the traffic:
+
+* agencies are federal / state / local (about 15% / 25% / 60% by count); users per agency follow
+  a power law, so a few federal departments have thousands of users and most local agencies a
+  handful; federal agencies hold the largest share of users;
+* each agency sits in one US time zone (UTC-5 .. UTC-10); traffic follows local working hours
+  (peak 9-17) and weekdays are much busier than weekends;
+* messages per user are log-normal (heavy users, long tail); a user's consecutive messages share
+  a conversation id until the conversation ends or goes idle;
+* models and features have fixed shares; token counts are log-normal per model and feature.
+
+Events are produced hour by hour, in time order inside slices of at most ``_SLICE_MAX`` events,
+so the stream is roughly time-ordered without any sorting of the whole run. Optional producer
+retries (``duplicate_rate``) re-send an identical line shortly after the original, and optional
+late events (``late_rate``) carry an ``occurred_at`` some hours before their neighbours.
+
+The output is a pure function of the plan: same plan, same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import heapq
+import math
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from statistics import NormalDist
+from typing import Protocol
+
+__all__ = [
+    "FEATURES",
+    "LEVELS",
+    "MODELS",
+    "SCHEMA_VERSION",
+    "SimulationPlan",
+    "SimulationStats",
+    "generate_events",
+    "main",
+    "population_stats",
+    "write_jsonl",
+]
+
+SCHEMA_VERSION = 1
+LEVELS: tuple[str, ...] = ("federal", "state", "local")
+
+# name, share of messages, median tokens_in, median tokens_out
+MODELS: tuple[tuple[str, float, int, int], ...] = (
+    ("gpt-4o", 0.55, 600, 330),
+    ("gpt-4.1", 0.20, 680, 360),
+    ("o3", 0.10, 620, 720),
+    ("gpt-4o-mini", 0.10, 460, 260),
+    ("o4-mini", 0.05, 520, 520),
+)
+# name, share of messages, tokens_in multiplier, tokens_out multiplier
+FEATURES: tuple[tuple[str, float, int, int], ...] = (
+    ("chat", 0.80, 1, 1),
+    ("file-analysis", 0.08, 5, 1),
+    ("web-browsing", 0.06, 3, 1),
+    ("code-interpreter", 0.04, 2, 2),
+    ("deep-research", 0.02, 4, 4),
+)
+
+_TOKEN_CAP = 1_000_000
+_SIGMA_IN = 0.95
+_SIGMA_OUT = 0.75
+_Z_BITS = 14
+
+_TENANT_RE = re.compile(r"[a-z0-9-]{1,64}")
+_HOUR_MS = 3_600_000
+_SLICE_MAX = 8192
+_DUP_MAX_DELAY = 200
+_LATE_MIN_MS = 1 * _HOUR_MS
+_LATE_MAX_MS = 6 * _HOUR_MS
+_CONV_IDLE_MS = 90 * 60_000
+_CONV_MEAN_EXTRA = 4.0
+_WRITE_BATCH = 4096
+_PROGRESS_EVERY = 100_000
+
+_LEVEL_COUNT_SHARE = (0.15, 0.25, 0.60)
+_LEVEL_USER_SHARE = (0.55, 0.27, 0.18)
+_LEVEL_ZIPF = (1.1, 0.9, 1.0)
+_MIN_AGENCY_USERS = 3
+_USER_SIGMA = 1.2
+_AGENCY_SIGMA = 0.35
+_HOUR_JITTER_SIGMA = 0.08
+
+_TZ_OFFSETS: tuple[int, ...] = (-5, -6, -7, -8, -9, -10)
+_FEDERAL_TZ_SHARE: tuple[float, ...] = (0.72, 0.10, 0.06, 0.09, 0.015, 0.015)
+_FEDERAL_HQ = 24  # the largest federal departments are headquartered in Washington, DC
+
+# relative traffic by local hour of day, and by local weekday (Monday first)
+_DIURNAL: tuple[float, ...] = (
+    0.03, 0.02, 0.02, 0.02, 0.03, 0.06, 0.15, 0.35, 0.70, 0.95, 1.00, 1.00,
+    0.85, 0.95, 1.00, 0.95, 0.85, 0.60, 0.35, 0.25, 0.20, 0.15, 0.10, 0.06,
+)  # fmt: skip
+_WEEKDAY: tuple[float, ...] = (1.00, 1.02, 1.00, 0.95, 0.82, 0.10, 0.08)
+
+_FEDERAL_NAMES: tuple[str, ...] = (
+    "defense", "va", "hhs", "dhs", "treasury", "justice", "energy", "state", "agriculture",
+    "interior", "commerce", "labor", "transportation", "ssa", "hud", "education", "epa", "nasa",
+    "gsa", "opm", "sba", "usaid", "nrc", "nsf",
+)  # fmt: skip
+_FEDERAL_KINDS: tuple[str, ...] = (
+    "bureau", "office", "commission", "service", "administration", "board", "institute",
+    "council", "center", "agency",
+)  # fmt: skip
+
+# state code, population (millions), standard-time UTC offset of most of the state
+_STATES: tuple[tuple[str, float, int], ...] = (
+    ("al", 5.1, -6), ("ak", 0.7, -9), ("az", 7.4, -7), ("ar", 3.1, -6), ("ca", 39.0, -8),
+    ("co", 5.9, -7), ("ct", 3.6, -5), ("de", 1.0, -5), ("dc", 0.7, -5), ("fl", 22.6, -5),
+    ("ga", 11.0, -5), ("hi", 1.4, -10), ("id", 2.0, -7), ("il", 12.5, -6), ("in", 6.9, -5),
+    ("ia", 3.2, -6), ("ks", 2.9, -6), ("ky", 4.5, -5), ("la", 4.6, -6), ("me", 1.4, -5),
+    ("md", 6.2, -5), ("ma", 7.0, -5), ("mi", 10.0, -5), ("mn", 5.7, -6), ("ms", 2.9, -6),
+    ("mo", 6.2, -6), ("mt", 1.1, -7), ("ne", 2.0, -6), ("nv", 3.2, -8), ("nh", 1.4, -5),
+    ("nj", 9.3, -5), ("nm", 2.1, -7), ("ny", 19.6, -5), ("nc", 10.8, -5), ("nd", 0.8, -6),
+    ("oh", 11.8, -5), ("ok", 4.1, -6), ("or", 4.2, -8), ("pa", 13.0, -5), ("ri", 1.1, -5),
+    ("sc", 5.4, -5), ("sd", 0.9, -6), ("tn", 7.1, -6), ("tx", 30.5, -6), ("ut", 3.4, -7),
+    ("vt", 0.6, -5), ("va", 8.7, -5), ("wa", 7.8, -8), ("wv", 1.8, -5), ("wi", 5.9, -6),
+    ("wy", 0.6, -7),
+)  # fmt: skip
+
+# UUID version 4 / RFC 4122 variant bits, as uuid.UUID(int=..., version=4) sets them
+_UUID_KEEP = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID_SET = (4 << 76) | (0x8000 << 48)
+
+
+@dataclass(frozen=True)
+class SimulationPlan:
+    """What to simulate. ``messages`` counts distinct messages (unique event ids)."""
+
+    messages: int
+    seed: int = 7
+    start: date = date(2026, 11, 2)  # first UTC day
+    days: int = 1
+    agencies: int = 3500
+    users: int = 90000
+    tenants: tuple[tuple[str, float], ...] = (
+        ("chatgpt-gov", 0.85),
+        ("chatgpt-enterprise", 0.15),
+    )  # share of agencies
+    duplicate_rate: float = 0.0  # fraction of events re-sent with the same event_id
+    late_rate: float = 0.0  # fraction of events whose occurred_at is hours earlier
+
+    def __post_init__(self) -> None:
+        _check(self.messages >= 0, "messages must be >= 0")
+        _check(self.days >= 1, "days must be >= 1")
+        _check(self.agencies >= 1, "agencies must be >= 1")
+        _check(self.users >= self.agencies, "users must be >= agencies")
+        _check(len(self.tenants) >= 1, "at least one tenant is required")
+        for name, share in self.tenants:
+            _check(_TENANT_RE.fullmatch(name) is not None, f"invalid tenant {name!r}")
+            _check(share > 0, f"tenant share must be > 0: {name!r}")
+        _check(0.0 <= self.duplicate_rate <= 1.0, "duplicate_rate must be in [0, 1]")
+        _check(0.0 <= self.late_rate <= 1.0, "late_rate must be in [0, 1]")
+
+    @property
+    def duplicates(self) -> int:
+        """Number of extra (re-sent) lines the stream will contain."""
+        return round(self.messages * self.duplicate_rate)
+
+    @property
+    def late_events(self) -> int:
+        """Number of events emitted with an earlier ``occurred_at``."""
+        return round(self.messages * self.late_rate)
+
+    @property
+    def lines(self) -> int:
+        """Total lines in the stream: distinct messages plus re-sent duplicates."""
+        return self.messages + self.duplicates
+
+
+@dataclass(frozen=True)
+class SimulationStats:
+    """Shape of a plan's simulated population (agencies and users)."""
+
+    agencies_by_level: dict[str, int]
+    users_by_level: dict[str, int]
+    agencies_by_tenant: dict[str, int]
+    agencies_by_utc_offset: dict[int, int]
+    median_agency_users: int
+    largest_agencies: list[tuple[str, int]]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+# --------------------------------------------------------------------------- population
+
+
+@dataclass(frozen=True)
+class _Agency:
+    agency_id: str
+    level: str
+    tenant: str
+    utc_offset: int
+    users: int
+
+
+@dataclass(frozen=True)
+class _Population:
+    agencies: list[_Agency]
+    user_ids: list[str]
+    user_agency: list[int]
+    user_weight: list[float]
+
+
+def _level_counts(n: int) -> tuple[int, int, int]:
+    """Agencies per level, about 15/25/60%, at least one of each when there are three."""
+    federal = max(round(n * _LEVEL_COUNT_SHARE[0]), 1 if n >= 3 else 0)
+    state = max(round(n * _LEVEL_COUNT_SHARE[1]), 1 if n >= 3 else 0)
+    return federal, state, n - federal - state
+
+
+def _largest_remainder(weights: Sequence[float], total: int) -> list[int]:
+    """Integers proportional to ``weights`` that sum exactly to ``total``."""
+    scale = total / sum(weights)
+    exact = [w * scale for w in weights]
+    counts = [math.floor(x) for x in exact]
+    short = total - sum(counts)
+    order = sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))
+    for i in order[:short]:
+        counts[i] += 1
+    return counts
+
+
+def _agency_sizes(levels: tuple[int, int, int], users: int) -> list[int]:
+    """Users per agency: a floor of a handful, the rest by a per-level power law."""
+    n = sum(levels)
+    floor = max(1, min(_MIN_AGENCY_USERS, users // n))
+    weights: list[float] = []
+    for count, share, alpha in zip(levels, _LEVEL_USER_SHARE, _LEVEL_ZIPF, strict=True):
+        raw = [(rank + 1) ** -alpha for rank in range(count)]
+        norm = sum(raw) or 1.0
+        weights.extend(share * w / norm for w in raw)
+    extra = _largest_remainder(weights, users - floor * n)
+    return [floor + x for x in extra]
+
+
+def _federal_id(index: int) -> str:
+    if index < len(_FEDERAL_NAMES):
+        kind = _FEDERAL_NAMES[index]
+    else:
+        kind = _FEDERAL_KINDS[index % len(_FEDERAL_KINDS)]
+    return f"fed-{index + 1:04d}-{kind}"
+
+
+def _federal_offset(rng: random.Random, index: int) -> int:
+    if index < _FEDERAL_HQ:
+        return _TZ_OFFSETS[0]
+    return rng.choices(_TZ_OFFSETS, weights=_FEDERAL_TZ_SHARE)[0]
+
+
+def _state_of(rng: random.Random, by_population: bool) -> tuple[str, int]:
+    weights = [pop if by_population else math.sqrt(pop) for _, pop, _ in _STATES]
+    code, _, offset = rng.choices(_STATES, weights=weights)[0]
+    return code, offset
+
+
+def _agency_places(rng: random.Random, levels: tuple[int, int, int]) -> list[tuple[str, str, int]]:
+    """(agency_id, level, utc_offset) for every agency, largest of each level first."""
+    federal, state, local = levels
+    places: list[tuple[str, str, int]] = []
+    for i in range(federal):
+        places.append((_federal_id(i), "federal", _federal_offset(rng, i)))
+    for i in range(state):
+        code, offset = _state_of(rng, by_population=False)
+        places.append((f"state-{code}-{i + 1:04d}", "state", offset))
+    for i in range(local):
+        code, offset = _state_of(rng, by_population=True)
+        places.append((f"local-{code}-{i + 1:04d}", "local", offset))
+    return places
+
+
+def _build_agencies(rng: random.Random, plan: SimulationPlan) -> list[_Agency]:
+    levels = _level_counts(plan.agencies)
+    sizes = _agency_sizes(levels, plan.users)
+    places = _agency_places(rng, levels)
+    names = [name for name, _ in plan.tenants]
+    shares = [share for _, share in plan.tenants]
+    tenants = rng.choices(names, weights=shares, k=plan.agencies)
+    return [
+        _Agency(agency_id, level, tenant, offset, size)
+        for (agency_id, level, offset), tenant, size in zip(places, tenants, sizes, strict=True)
+    ]
+
+
+def _build_population(plan: SimulationPlan) -> _Population:
+    rng = random.Random(f"govmeter-sim/{plan.seed}/population")  # noqa: S311
+    agencies = _build_agencies(rng, plan)
+    user_ids: list[str] = []
+    user_agency: list[int] = []
+    user_weight: list[float] = []
+    seen: set[str] = set()
+    for index, agency in enumerate(agencies):
+        activity = rng.lognormvariate(0.0, _AGENCY_SIGMA)
+        for _ in range(agency.users):
+            user_id = f"u-{rng.getrandbits(48):012x}"
+            while user_id in seen:
+                user_id = f"u-{rng.getrandbits(48):012x}"
+            seen.add(user_id)
+            user_ids.append(user_id)
+            user_agency.append(index)
+            user_weight.append(activity * rng.lognormvariate(0.0, _USER_SIGMA))
+    return _Population(agencies, user_ids, user_agency, user_weight)
+
+
+def population_stats(plan: SimulationPlan) -> SimulationStats:
+    """Summarise the agencies and users a plan simulates (no events are generated)."""
+    agencies = _build_population(plan).agencies
+    by_level = {level: 0 for level in LEVELS}
+    users_by_level = {level: 0 for level in LEVELS}
+    by_tenant = {name: 0 for name, _ in plan.tenants}
+    by_offset = {offset: 0 for offset in _TZ_OFFSETS}
+    for agency in agencies:
+        by_level[agency.level] += 1
+        users_by_level[agency.level] += agency.users
+        by_tenant[agency.tenant] += 1
+        by_offset[agency.utc_offset] += 1
+    ranked = sorted(agencies, key=lambda a: (-a.users, a.agency_id))
+    sizes = sorted(a.users for a in agencies)
+    return SimulationStats(
+        agencies_by_level=by_level,
+        users_by_level=users_by_level,
+        agencies_by_tenant=by_tenant,
+        agencies_by_utc_offset=by_offset,
+        median_agency_users=sizes[len(sizes) // 2],
+        largest_agencies=[(a.agency_id, a.users) for a in ranked[:10]],
+    )
+
+
+# --------------------------------------------------------------------------- calendar
+
+
+def _hour_group_weights(plan: SimulationPlan, group_weight: Sequence[float]) -> list[list[float]]:
+    """Traffic weight of each time-zone group in each UTC hour of the plan."""
+    rng = random.Random(f"govmeter-sim/{plan.seed}/calendar")  # noqa: S311
+    first_weekday = plan.start.weekday()
+    table: list[list[float]] = []
+    for hour in range(plan.days * 24):
+        jitter = math.exp(rng.gauss(0.0, _HOUR_JITTER_SIGMA))
+        row: list[float] = []
+        for offset, weight in zip(_TZ_OFFSETS, group_weight, strict=True):
+            local_day, local_hour = divmod(hour + offset, 24)
+            weekday = (first_weekday + local_day) % 7
+            row.append(weight * _DIURNAL[local_hour] * _WEEKDAY[weekday] * jitter)
+        table.append(row)
+    return table
+
+
+def _hour_prefixes(plan: SimulationPlan) -> list[str]:
+    """``YYYY-MM-DDTHH:`` for every UTC hour of the plan."""
+    origin = datetime(plan.start.year, plan.start.month, plan.start.day, tzinfo=UTC)
+    return [
+        (origin + timedelta(hours=hour)).strftime("%Y-%m-%dT%H:") for hour in range(plan.days * 24)
+    ]
+
+
+@lru_cache(maxsize=1)
+def _clock_tables() -> tuple[list[str], list[str]]:
+    """``MM:SS`` for every second of an hour and ``.mmmZ`` for every millisecond."""
+    minutes_seconds = [f"{s // 60:02d}:{s % 60:02d}" for s in range(3600)]
+    millis = [f".{ms:03d}Z" for ms in range(1000)]
+    return minutes_seconds, millis
+
+
+@lru_cache(maxsize=1)
+def _token_tables() -> tuple[list[list[int]], list[list[int]]]:
+    """Per model, log-normal tokens_in / tokens_out indexed by a ``_Z_BITS``-bit random."""
+    size = 1 << _Z_BITS
+    normal = NormalDist()
+    z = [normal.inv_cdf((i + 0.5) / size) for i in range(size)]
+
+    def table(median: int, sigma: float) -> list[int]:
+        return [min(_TOKEN_CAP, max(1, round(median * math.exp(sigma * x)))) for x in z]
+
+    tokens_in = [table(m_in, _SIGMA_IN) for _, _, m_in, _ in MODELS]
+    tokens_out = [table(m_out, _SIGMA_OUT) for _, _, _, m_out in MODELS]
+    return tokens_in, tokens_out
+
+
+def _cumulative(weights: Sequence[float]) -> list[float]:
+    total = 0.0
+    out: list[float] = []
+    for w in weights:
+        total += w
+        out.append(total)
+    return out
+
+
+# --------------------------------------------------------------------------- event stream
+
+_MODEL_CUM = _cumulative([share for _, share, _, _ in MODELS])
+_FEATURE_CUM = _cumulative([share for _, share, _, _ in FEATURES])
+
+
+@dataclass
+class _Stream:
+    """Precomputed tables plus the mutable per-user and late-event state of one run."""
+
+    user_prefix: list[str]
+    group_users: list[list[int]]
+    group_cum: list[list[float]]
+    hour_group_cum: list[list[float]]
+    hour_counts: list[int]
+    hour_prefix: list[str]
+    conv_id: list[str]
+    conv_left: list[int]
+    conv_last: list[int]
+    late_left: int
+    remaining: int
+    late_rng: random.Random = field(repr=False)
+
+
+def _user_prefix(agency: _Agency, user_id: str) -> str:
+    return (
+        f'"tenant":"{agency.tenant}","agency_id":"{agency.agency_id}",'
+        f'"agency_level":"{agency.level}","user_id":"{user_id}"'
+    )
+
+
+def _prepare(plan: SimulationPlan) -> _Stream:
+    pop = _build_population(plan)
+    groups: list[list[int]] = [[] for _ in _TZ_OFFSETS]
+    for user, agency_index in enumerate(pop.user_agency):
+        groups[_TZ_OFFSETS.index(pop.agencies[agency_index].utc_offset)].append(user)
+    group_weight = [sum(pop.user_weight[u] for u in members) for members in groups]
+    hour_weights = _hour_group_weights(plan, group_weight)
+    n_users = len(pop.user_ids)
+    return _Stream(
+        user_prefix=[
+            _user_prefix(pop.agencies[a], u)
+            for u, a in zip(pop.user_ids, pop.user_agency, strict=True)
+        ],
+        group_users=groups,
+        group_cum=[_cumulative([pop.user_weight[u] for u in members]) for members in groups],
+        hour_group_cum=[_cumulative(row) for row in hour_weights],
+        hour_counts=_largest_remainder([sum(row) for row in hour_weights], plan.messages),
+        hour_prefix=_hour_prefixes(plan),
+        conv_id=[""] * n_users,
+        conv_left=[0] * n_users,
+        conv_last=[0] * n_users,
+        late_left=plan.late_events,
+        remaining=plan.messages,
+        late_rng=random.Random(f"govmeter-sim/{plan.seed}/late"),  # noqa: S311
+    )
+
+
+def _slice_users(
+    st: _Stream, rng: random.Random, group_cum: list[float], n: int
+) -> list[Iterator[int]]:
+    """Time-zone group of every event in a slice, then users drawn per group in bulk."""
+    groups = rng.choices(range(len(group_cum)), cum_weights=group_cum, k=n)
+    pickers: list[Iterator[int]] = []
+    for g, (members, cum) in enumerate(zip(st.group_users, st.group_cum, strict=True)):
+        count = groups.count(g)
+        picks = rng.choices(members, cum_weights=cum, k=count) if count else []
+        pickers.append(iter(picks))
+    return [pickers[g] for g in groups]
+
+
+def _slice_lines(
+    st: _Stream, rng: random.Random, hour: int, part: tuple[int, int], n: int
+) -> Iterator[bytes]:
+    """``n`` events inside one slice of one UTC hour, in time order (late events aside)."""
+    index, parts = part
+    lo = hour * _HOUR_MS + index * _HOUR_MS // parts
+    span = hour * _HOUR_MS + (index + 1) * _HOUR_MS // parts - lo
+    rand = rng.random
+    bits = rng.getrandbits
+    times = sorted([lo + int(rand() * span) for _ in range(n)])
+    users = [next(picker) for picker in _slice_users(st, rng, st.hour_group_cum[hour], n)]
+    models = rng.choices(range(len(MODELS)), cum_weights=_MODEL_CUM, k=n)
+    features = rng.choices(range(len(FEATURES)), cum_weights=_FEATURE_CUM, k=n)
+    tin_tables, tout_tables = _token_tables()
+    mmss, millis = _clock_tables()
+    prefixes, user_prefix = st.hour_prefix, st.user_prefix
+    conv_id, conv_left, conv_last = st.conv_id, st.conv_left, st.conv_last
+    late_rand = st.late_rng.random
+    late_left, remaining = st.late_left, st.remaining
+    for t, u, m, f in zip(times, users, models, features, strict=True):
+        if conv_left[u] <= 0 or t - conv_last[u] > _CONV_IDLE_MS:
+            conv_id[u] = f"c-{bits(80):020x}"
+            conv_left[u] = 1 + int(-math.log(1.0 - rand()) * _CONV_MEAN_EXTRA)
+        conv_left[u] -= 1
+        conv_last[u] = t
+        occurred = t
+        if late_left and late_rand() * remaining < late_left:
+            late_left -= 1
+            low, high = min(_LATE_MIN_MS, t), min(_LATE_MAX_MS, t)
+            occurred = t - low - int(late_rand() * (high - low))
+        remaining -= 1
+        _, _, mult_in, mult_out = FEATURES[f]
+        tokens_in = min(_TOKEN_CAP, tin_tables[m][bits(_Z_BITS)] * mult_in)
+        tokens_out = min(_TOKEN_CAP, tout_tables[m][bits(_Z_BITS)] * mult_out)
+        h = f"{(bits(128) & _UUID_KEEP) | _UUID_SET:032x}"
+        yield (
+            f'{{"schema_version":1,"event_id":"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"'
+            f',"occurred_at":"{prefixes[occurred // _HOUR_MS]}'
+            f'{mmss[occurred // 1000 % 3600]}{millis[occurred % 1000]}",{user_prefix[u]}'
+            f',"conversation_id":"{conv_id[u]}","model":"{MODELS[m][0]}"'
+            f',"tokens_in":{tokens_in},"tokens_out":{tokens_out},"feature":"{FEATURES[f][0]}"}}'
+        ).encode()
+    st.late_left, st.remaining = late_left, remaining
+
+
+def _unique_lines(plan: SimulationPlan) -> Iterator[bytes]:
+    """Every distinct message once, hour by hour, each hour in slices of ``_SLICE_MAX``."""
+    st = _prepare(plan)
+    rng = random.Random(f"govmeter-sim/{plan.seed}/events")  # noqa: S311
+    for hour, count in enumerate(st.hour_counts):
+        parts = -(-count // _SLICE_MAX)
+        for index in range(parts):
+            n = count // parts + (1 if index < count % parts else 0)
+            yield from _slice_lines(st, rng, hour, (index, parts), n)
+
+
+def _with_duplicates(lines: Iterator[bytes], plan: SimulationPlan) -> Iterator[bytes]:
+    """Re-send exactly ``plan.duplicates`` lines, each a few lines after its original."""
+    rng = random.Random(f"govmeter-sim/{plan.seed}/duplicates")  # noqa: S311
+    left, total = plan.duplicates, plan.messages
+    pending: list[tuple[int, int, bytes]] = []
+    for index, line in enumerate(lines):
+        yield line
+        if left and rng.random() * (total - index) < left:
+            left -= 1
+            heapq.heappush(pending, (index + rng.randint(1, _DUP_MAX_DELAY), index, line))
+        while pending and pending[0][0] <= index:
+            yield heapq.heappop(pending)[2]
+    while pending:
+        yield heapq.heappop(pending)[2]
+
+
+def generate_events(plan: SimulationPlan) -> Iterator[bytes]:
+    """Stream the plan's events: one compact JSON object per item, without a newline.
+
+    Yields ``plan.messages`` distinct events plus ``plan.duplicates`` re-sent copies.
+    """
+    lines = _unique_lines(plan)
+    return _with_duplicates(lines, plan) if plan.duplicates else lines
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+def _write_lines(plan: SimulationPlan, out: _Sink, progress: Callable[[int], None] | None) -> int:
+    written = 0
+    batch: list[bytes] = []
+    next_report = _PROGRESS_EVERY
+    for line in generate_events(plan):
+        batch.append(line)
+        if len(batch) >= _WRITE_BATCH:
+            out.write(b"\n".join(batch) + b"\n")
+            written += len(batch)
+            batch.clear()
+            if progress is not None and written >= next_report:
+                progress(written)
+                next_report += _PROGRESS_EVERY
+    if batch:
+        out.write(b"\n".join(batch) + b"\n")
+        written += len(batch)
+    if progress is not None:
+        progress(written)
+    return written
+
+
+def write_jsonl(
+    plan: SimulationPlan, path: Path, progress: Callable[[int], None] | None = None
+) -> int:
+    """Write the plan's events as JSONL (gzip when ``path`` ends in ``.gz``); return lines.
+
+    Gzip output uses compression level 1 and a zero header timestamp, so it is reproducible.
+    ``progress`` is called with the running line count about every 100k lines and at the end.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as raw:
+        if path.suffix != ".gz":
+            return _write_lines(plan, raw, progress)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as gz:
+            return _write_lines(plan, gz, progress)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Write synthetic usage events as JSONL.")
+    p.add_argument("--messages", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output path; .gz for gzip")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 2))
+    p.add_argument("--days", type=int, default=1)
+    p.add_argument("--agencies", type=int, default=3500)
+    p.add_argument("--users", type=int, default=90000)
+    p.add_argument("--duplicate-rate", type=float, default=0.0)
+    p.add_argument("--late-rate", type=float, default=0.0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m metering.simulate --messages N --out events.jsonl.gz``."""
+    args = _parser().parse_args(argv)
+    plan = SimulationPlan(
+        messages=args.messages,
+        seed=args.seed,
+        start=args.start,
+        days=args.days,
+        agencies=args.agencies,
+        users=args.users,
+        duplicate_rate=args.duplicate_rate,
+        late_rate=args.late_rate,
+    )
+    began = time.perf_counter()
+    lines = write_jsonl(plan, args.out, lambda n: print(f"{n:,} lines", file=sys.stderr))
+    elapsed = time.perf_counter() - began
+    rate = lines / elapsed if elapsed > 0 else 0.0
+    print(f"wrote {lines:,} lines to {args.out} in {elapsed:.1f}s ({rate:,.0f}/s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

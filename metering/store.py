@@ -1,0 +1,108 @@
+"""The ClickHouse store: one clickhouse-connect client for `chdb://PATH` or `http(s)://`.
+
+The embedded engine (chDB) can be opened by one process per path; a second process
+gets a clear `StoreBusyError` telling it what to do instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+from typing import Any, Final
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+__all__ = ["StoreBusyError", "StoreError", "connect", "describe_store"]
+
+# Inserts are synchronous (chDB defaults to async_insert=1, which is neither durable
+# on return nor deduplicated), and large IN lists of event ids fit in one query.
+_CLIENT_SETTINGS: Final[dict[str, Any]] = {
+    "async_insert": 0,
+    "max_query_size": 256 * 1024 * 1024,
+}
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used; the message says what to do."""
+
+
+class StoreBusyError(StoreError):
+    """The embedded store is owned by another running process."""
+
+
+def embedded_path(url: str) -> Path | None:
+    """The directory of a `chdb://PATH` URL (absolute), or None for a server URL."""
+    if not url.startswith("chdb://"):
+        return None
+    rest = url.removeprefix("chdb://")
+    if rest in ("", "memory", ":memory:"):
+        return None
+    return Path(rest).expanduser().resolve()
+
+
+def describe_store(url: str) -> str:
+    path = embedded_path(url)
+    if path is not None:
+        return f"embedded ClickHouse at {path}"
+    if url.startswith("chdb://"):
+        return "embedded ClickHouse in memory"
+    return "ClickHouse server at " + _without_password(url)
+
+
+def connect(url: str) -> Client:
+    """Open the store named by CLICKHOUSE_URL."""
+    if url.startswith("chdb://"):
+        path = embedded_path(url)
+        if path is None:
+            dsn = "chdb://:memory:"
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            dsn = f"chdb://{path}"
+        try:
+            client = clickhouse_connect.get_client(dsn=dsn, settings=_CLIENT_SETTINGS)
+        except Exception as error:
+            if path is not None and _locked_by_another_process(path):
+                raise StoreBusyError(
+                    f"CLICKHOUSE_URL={url}: the embedded store at {path} is owned by another "
+                    "running process (usually `metering worker`). Stop that process first, or "
+                    "run the worker against a ClickHouse server (CLICKHOUSE_URL=http://...) so "
+                    "that several processes can share it."
+                ) from None
+            raise StoreError(f"CLICKHOUSE_URL={url}: cannot open the embedded store: {error}") from error
+        return client
+    if url.startswith(("http://", "https://")):
+        try:
+            return clickhouse_connect.get_client(dsn=url, settings=_CLIENT_SETTINGS)
+        except Exception as error:
+            raise StoreError(
+                f"CLICKHOUSE_URL={_without_password(url)}: cannot reach the ClickHouse server: "
+                f"{error}. Check the host, port, user and password, or use the embedded store "
+                "(CLICKHOUSE_URL=chdb://./var/clickhouse)."
+            ) from error
+    raise StoreError(
+        f"CLICKHOUSE_URL={url}: unsupported scheme; use chdb://PATH or http(s)://host:8123"
+    )
+
+
+def _locked_by_another_process(path: Path) -> bool:
+    """ClickHouse holds an exclusive flock on PATH/status while it owns the directory."""
+    status = path / "status"
+    if not status.exists():
+        return False
+    with status.open("rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{host}"
+    return url

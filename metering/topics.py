@@ -1,0 +1,65 @@
+"""Create the events and dead-letter topics explicitly (kafka-python admin)."""
+
+from __future__ import annotations
+
+import logging
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from metering.settings import Settings
+
+__all__ = ["KafkaUnavailableError", "ensure_topics", "partitions_of"]
+
+log = logging.getLogger("govmeter.topics")
+
+
+class KafkaUnavailableError(RuntimeError):
+    pass
+
+
+def _admin(settings: Settings) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+            client_id="govmeter-admin",
+            request_timeout_ms=15_000,
+        )
+    except KafkaError as error:
+        raise KafkaUnavailableError(
+            f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: no broker answered "
+            f"({type(error).__name__}). Start one with infra/kafka/start, or point the "
+            "variable at your cluster."
+        ) from None
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create the events and DLQ topics if missing (partitions from settings)."""
+    admin = _admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+            for name in (settings.events_topic, settings.dlq_topic)
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+                log.info("created topics", extra={"topics": [t.name for t in wanted]})
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def partitions_of(settings: Settings, topic: str) -> list[int]:
+    admin = _admin(settings)
+    try:
+        described = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    for entry in described:
+        if entry.get("topic") == topic:
+            return sorted(int(p["partition"]) for p in entry.get("partitions", []))
+    return []

@@ -1,0 +1,109 @@
+"""build_app(settings, pipeline) -> faust.App: no import-time global app.
+
+The agent is wiring only: take a batch of events, hand it to the pipeline, and let
+faust acknowledge them after the pipeline returned (so Kafka's committed offsets
+never pass what the ledger holds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+
+from metering.settings import Settings
+from streams.batch import SourceMessage
+from streams.dead_letter import DeadLetter
+from streams.pipeline import MeteringPipeline
+
+__all__ = [
+    "FaustDeadLetterPublisher",
+    "attach_pipeline",
+    "broker_urls",
+    "build_app",
+    "events_topic",
+]
+
+
+def broker_urls(bootstrap_servers: str) -> list[str]:
+    return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
+
+
+def build_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.consumer_group,
+        broker=broker_urls(settings.kafka_bootstrap_servers),
+        store="memory://",
+        autodiscover=False,
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=False,
+        producer_acks=-1,
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, settings.batch_max_events),
+        stream_wait_empty=False,
+        broker_max_poll_records=max(500, settings.batch_max_events // 4),
+        consumer_max_fetch_size=8 * 1024 * 1024,
+        producer_max_request_size=4 * 1024 * 1024,
+        logging_config=None,
+        loghandlers=[],
+    )
+    return app
+
+
+def events_topic(app: faust.App, settings: Settings) -> Any:
+    return app.topic(
+        settings.events_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        internal=False,
+    )
+
+
+def attach_pipeline(app: faust.App, settings: Settings, pipeline: MeteringPipeline) -> None:
+    """Subscribe one agent to the events topic that feeds batches to the pipeline."""
+    topic = events_topic(app, settings)
+
+    async def meter(stream: Any) -> None:
+        async for events in stream.take_events(
+            settings.batch_max_events, within=settings.batch_max_seconds
+        ):
+            await pipeline.handle([_source_message(event.message) for event in events])
+
+    app.agent(topic, name="govmeter.meter", concurrency=1)(meter)
+
+
+def _source_message(message: Any) -> SourceMessage:
+    value = message.value
+    if value is None:
+        value = b""
+    return SourceMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=bytes(value),
+    )
+
+
+class FaustDeadLetterPublisher:
+    """Publishes dead letters with the app's producer and waits for every ack."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self._app = app
+        self._topic = topic
+
+    async def publish(self, letters: Sequence[DeadLetter]) -> None:
+        producer = self._app.producer
+        pending = [
+            await producer.send(self._topic, letter.key, letter.value, None, None, None)
+            for letter in letters
+        ]
+        await producer.flush()
+        for delivery in pending:
+            await delivery

@@ -1,0 +1,102 @@
+"""Turn a batch of raw Kafka messages into what one flush writes. Pure: no I/O.
+
+Each message is classified once; valid events are deduplicated within the batch
+(first occurrence in offset order wins); each topic-partition's offset range is kept
+as lineage for the flush ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from schemas.events import UsageEvent
+from schemas.rejections import Rejection, classify
+
+__all__ = [
+    "ClassifiedBatch",
+    "PartitionRange",
+    "RejectedMessage",
+    "SourceMessage",
+    "ValidMessage",
+    "classify_batch",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """One Kafka message as read: where it came from and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ValidMessage:
+    source: SourceMessage
+    event: UsageEvent
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    source: SourceMessage
+    rejection: Rejection
+
+
+@dataclass(slots=True)
+class PartitionRange:
+    """The offsets of one topic-partition read in a batch, with what became of them."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    messages: int = 0
+    counted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+@dataclass(slots=True)
+class ClassifiedBatch:
+    valid: list[ValidMessage] = field(default_factory=list)
+    rejected: list[RejectedMessage] = field(default_factory=list)
+    in_batch_duplicates: list[ValidMessage] = field(default_factory=list)
+    ranges: dict[tuple[str, int], PartitionRange] = field(default_factory=dict)
+
+    @property
+    def messages(self) -> int:
+        return sum(r.messages for r in self.ranges.values())
+
+    def range_of(self, source: SourceMessage) -> PartitionRange:
+        return self.ranges[(source.topic, source.partition)]
+
+
+def classify_batch(messages: Iterable[SourceMessage]) -> ClassifiedBatch:
+    """Classify every message, drop repeats of an event_id within the batch."""
+    batch = ClassifiedBatch()
+    seen_ids: set[str] = set()
+    for message in sorted(messages, key=lambda m: (m.topic, m.partition, m.offset)):
+        key = (message.topic, message.partition)
+        partition_range = batch.ranges.get(key)
+        if partition_range is None:
+            partition_range = PartitionRange(
+                message.topic, message.partition, message.offset, message.offset
+            )
+            batch.ranges[key] = partition_range
+        partition_range.last_offset = message.offset
+        partition_range.messages += 1
+        outcome = classify(message.value)
+        if isinstance(outcome, Rejection):
+            batch.rejected.append(RejectedMessage(message, outcome))
+            partition_range.rejected += 1
+        elif outcome.event_id in seen_ids:
+            batch.in_batch_duplicates.append(ValidMessage(message, outcome))
+            partition_range.duplicates += 1
+        else:
+            seen_ids.add(outcome.event_id)
+            batch.valid.append(ValidMessage(message, outcome))
+    return batch

@@ -1,0 +1,123 @@
+"""Every statement the sink and its recovery run, in one place for review."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "APPLY_ROLLUPS",
+    "COUNTED_EVENT_COLUMNS",
+    "LEDGER_COLUMNS",
+    "REJECTION_COLUMNS",
+]
+
+COUNTED_EVENT_COLUMNS: Final = (
+    "event_id",
+    "occurred_at",
+    "tenant",
+    "agency_id",
+    "agency_level",
+    "user_id",
+    "conversation_id",
+    "model",
+    "feature",
+    "tokens_in",
+    "tokens_out",
+    "topic",
+    "partition",
+    "offset",
+    "flush_seq",
+    "ingested_at",
+)
+
+REJECTION_COLUMNS: Final = (
+    "received_at",
+    "reason",
+    "detail",
+    "event_id",
+    "agency_id",
+    "topic",
+    "partition",
+    "offset",
+    "size_bytes",
+    "flush_seq",
+)
+
+LEDGER_COLUMNS: Final = (
+    "flush_seq",
+    "topic",
+    "partition",
+    "first_offset",
+    "last_offset",
+    "messages",
+    "counted",
+    "duplicates",
+    "rejected",
+    "worker",
+    "committed_at",
+)
+
+# Already counted: only rows of committed flushes count as "seen" (orphans of a
+# crashed flush must not make their own events look like duplicates).
+ALREADY_COUNTED: Final = """
+SELECT DISTINCT toString(event_id)
+FROM metering.counted_events
+WHERE event_id IN {ids:Array(UUID)}
+  AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
+"""
+
+# One INSERT ... SELECT per rollup, folding exactly one committed flush in. The
+# ORDER BY and single thread keep the produced block identical on a re-apply, so
+# the flush's deduplication token drops it.
+APPLY_ROLLUPS: Final = {
+    "agency_daily_rollup": """
+INSERT INTO metering.agency_daily_rollup
+SELECT toDate(occurred_at) AS day, tenant, agency_id, agency_level,
+       count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
+       uniqExactState(user_id) AS users
+FROM metering.counted_events
+WHERE flush_seq = {flush_seq:UInt64}
+GROUP BY day, tenant, agency_id, agency_level
+ORDER BY day, tenant, agency_id, agency_level
+""",
+    "model_daily_rollup": """
+INSERT INTO metering.model_daily_rollup
+SELECT toDate(occurred_at) AS day, tenant, toString(model) AS model,
+       toString(feature) AS feature, agency_id, toString(agency_level) AS agency_level,
+       count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
+       uniqExactState(user_id) AS users
+FROM metering.counted_events
+WHERE flush_seq = {flush_seq:UInt64}
+GROUP BY day, tenant, model, feature, agency_id, agency_level
+ORDER BY day, tenant, model, feature, agency_id, agency_level
+""",
+}
+
+APPLY_SETTINGS: Final = {"max_threads": 1, "max_insert_threads": 1, "insert_deduplicate": 1}
+
+MARK_APPLIED: Final = "metering.flush_applied"
+
+MAX_COMMITTED_SEQ: Final = "SELECT max(flush_seq) FROM metering.flush_ledger"
+
+UNAPPLIED_SEQS: Final = """
+SELECT DISTINCT flush_seq FROM metering.flush_ledger
+WHERE flush_seq NOT IN (SELECT flush_seq FROM metering.flush_applied)
+ORDER BY flush_seq
+"""
+
+ORPHAN_COUNTS: Final = """
+SELECT
+  (SELECT count() FROM metering.counted_events WHERE flush_seq > {seq:UInt64}),
+  (SELECT count() FROM metering.rejections_log WHERE flush_seq > {seq:UInt64})
+"""
+
+DELETE_ORPHANS: Final = (
+    "ALTER TABLE metering.counted_events DELETE WHERE flush_seq > {seq:UInt64}",
+    "ALTER TABLE metering.rejections_log DELETE WHERE flush_seq > {seq:UInt64}",
+)
+
+RESUME_POSITIONS: Final = """
+SELECT topic, partition, max(last_offset) + 1
+FROM metering.flush_ledger
+GROUP BY topic, partition
+"""

@@ -1,0 +1,291 @@
+"""The ClickHouse sink: one flush per batch, written as numbered steps.
+
+    1. look up which event ids were already counted (committed flushes only)
+    2. stage the newly counted events and the rejections, tagged with the flush
+    3. publish the dead-letter copies and wait for the broker's acknowledgement
+    4. COMMIT: write the flush's ledger rows (one insert: all or nothing)
+    5. fold the flush into every rollup (INSERT ... SELECT with a token per flush)
+    6. mark the flush applied
+  and only then may the stream acknowledge the messages (Kafka offsets trail the ledger).
+
+Where the process dies decides only which recovery rule applies on restart:
+  - before step 4: the flush never happened; its staged rows are orphans and are
+    deleted, the messages are read again (the ledger has not moved);
+  - after step 4: the flush happened; steps 5 and 6 are redone with the same tokens,
+    which ClickHouse deduplicates; the messages are skipped as already counted.
+A step that fails (store down, timeout) is retried with backoff, with the same flush
+number and tokens, for as long as it takes; nothing is acknowledged meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from clickhouse_connect.driver.client import Client
+
+from streams import ledger_sql
+from streams.batch import ClassifiedBatch
+from streams.dead_letter import DeadLetterPublisher, dead_letter_for
+from streams.faults import FaultPlan
+from streams.metrics import Metrics
+
+__all__ = ["ClickHouseSink", "FlushResult"]
+
+log = logging.getLogger("govmeter.sink")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    flush_seq: int
+    messages: int
+    counted: int
+    duplicates: int
+    rejected: int
+
+
+class ClickHouseSink:
+    """Writes flushes to one store. Store calls run on one dedicated thread."""
+
+    def __init__(
+        self,
+        client: Client,
+        dead_letters: DeadLetterPublisher,
+        *,
+        next_flush_seq: int,
+        worker: str,
+        retry_max_seconds: float = 30.0,
+        faults: FaultPlan | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._client = client
+        self._dead_letters = dead_letters
+        self._next_seq = next_flush_seq
+        self._worker = worker
+        self._run_id = uuid.uuid4().hex[:12]
+        self._retry_max = retry_max_seconds
+        self._faults = faults or FaultPlan()
+        self._metrics = metrics or Metrics()
+        self._flushes_started = 0
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    async def run_on_store(self, call: Callable[[], T]) -> T:
+        """Run a store call on the sink's thread (serialised with flushes)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    async def flush(self, batch: ClassifiedBatch) -> FlushResult:
+        seq = self._next_seq
+        self._next_seq += 1
+        self._flushes_started += 1
+        self._faults.flush_started(self._flushes_started)
+        now = datetime.now(UTC)
+        token = f"flush-{seq}-{self._run_id}"
+        started = asyncio.get_running_loop().time()
+
+        # 1. Which of the batch's event ids were counted before (by any partition)?
+        ids = [valid.event.event_id for valid in batch.valid]
+        already = await self._store("look up counted ids", lambda: self._already_counted(ids))
+        new = [valid for valid in batch.valid if valid.event.event_id not in already]
+        for valid in batch.valid:
+            if valid.event.event_id in already:
+                batch.range_of(valid.source).duplicates += 1
+            else:
+                batch.range_of(valid.source).counted += 1
+        self._faults.maybe_crash("after_lookup", seq)
+
+        # 2. Stage counted events and rejections, tagged with the flush.
+        event_rows = [_counted_event_row(v, seq, now) for v in new]
+        rejection_rows = [_rejection_row(r, seq, now) for r in batch.rejected]
+        if event_rows:
+            await self._store(
+                "stage counted events",
+                lambda: self._insert(
+                    "metering.counted_events",
+                    event_rows,
+                    ledger_sql.COUNTED_EVENT_COLUMNS,
+                    f"{token}-events",
+                ),
+            )
+        if rejection_rows:
+            await self._store(
+                "stage rejections",
+                lambda: self._insert(
+                    "metering.rejections_log",
+                    rejection_rows,
+                    ledger_sql.REJECTION_COLUMNS,
+                    f"{token}-rejections",
+                ),
+            )
+        self._faults.maybe_crash("after_stage", seq)
+
+        # 3. Dead-letter copies, acknowledged by the broker before the commit.
+        if batch.rejected:
+            letters = [dead_letter_for(r, now) for r in batch.rejected]
+            await self._retry("publish dead letters", lambda: self._dead_letters.publish(letters))
+        self._faults.maybe_crash("after_dead_letters", seq)
+
+        # 4. COMMIT POINT: the ledger rows of every partition, in one insert.
+        ledger_rows = [
+            [
+                seq,
+                r.topic,
+                r.partition,
+                r.first_offset,
+                r.last_offset,
+                r.messages,
+                r.counted,
+                r.duplicates,
+                r.rejected,
+                self._worker,
+                now,
+            ]
+            for r in batch.ranges.values()
+        ]
+        await self._store(
+            "commit flush",
+            lambda: self._insert(
+                "metering.flush_ledger", ledger_rows, ledger_sql.LEDGER_COLUMNS, f"{token}-ledger"
+            ),
+        )
+        self._faults.maybe_crash("after_commit", seq)
+
+        # 5 and 6. Fold the flush into the rollups, then mark it applied.
+        await self._store("apply rollups", lambda: apply_flush(self._client, seq, self._faults))
+        self._faults.maybe_crash("after_apply", seq)
+
+        result = FlushResult(
+            flush_seq=seq,
+            messages=batch.messages,
+            counted=len(new),
+            duplicates=len(batch.valid) - len(new) + len(batch.in_batch_duplicates),
+            rejected=len(batch.rejected),
+        )
+        self._metrics.record_flush(
+            result, batch, asyncio.get_running_loop().time() - started
+        )
+        return result
+
+    # -- store access -------------------------------------------------------
+
+    def _already_counted(self, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        rows = self._client.query(ledger_sql.ALREADY_COUNTED, parameters={"ids": list(ids)})
+        return {str(row[0]) for row in rows.result_rows}
+
+    def _insert(
+        self, table: str, rows: list[list[Any]], columns: Sequence[str], token: str
+    ) -> None:
+        self._faults.maybe_fail_store()
+        self._client.insert(
+            table,
+            rows,
+            column_names=list(columns),
+            settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
+        )
+
+    async def _store(self, what: str, call: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+
+        def guarded() -> T:
+            self._faults.maybe_fail_store()
+            return call()
+
+        async def attempt() -> T:
+            return await loop.run_in_executor(self._thread, guarded)
+
+        return await self._retry(what, attempt)
+
+    async def _retry(self, what: str, attempt: Callable[[], Any]) -> Any:
+        delay = 0.2
+        failures = 0
+        while True:
+            try:
+                return await attempt()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures += 1
+                self._metrics.store_errors.inc()
+                log.warning(
+                    "store step failed, retrying",
+                    extra={
+                        "step": what,
+                        "attempt": failures,
+                        "retry_in_s": round(delay, 2),
+                        "error": type(error).__name__,
+                        "error_message": str(error)[:300],
+                    },
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+
+
+def apply_flush(client: Client, seq: int, faults: FaultPlan | None = None) -> None:
+    """Steps 5 and 6 for one committed flush; safe to repeat (tokens deduplicate)."""
+    for name, statement in ledger_sql.APPLY_ROLLUPS.items():
+        client.command(
+            statement,
+            parameters={"flush_seq": seq},
+            settings={**ledger_sql.APPLY_SETTINGS, "insert_deduplication_token": f"flush-{seq}-{name}"},
+        )
+        if faults is not None:
+            faults.maybe_crash(f"after_apply_{name}", seq)
+    client.insert(
+        ledger_sql.MARK_APPLIED, [[seq, datetime.now(UTC)]], column_names=["flush_seq", "applied_at"]
+    )
+
+
+def _counted_event_row(valid: Any, seq: int, now: datetime) -> list[Any]:
+    event = valid.event
+    source = valid.source
+    return [
+        uuid.UUID(event.event_id),
+        event.occurred_at,
+        event.tenant,
+        event.agency_id,
+        event.agency_level,
+        event.user_id,
+        event.conversation_id,
+        event.model,
+        event.feature,
+        event.tokens_in,
+        event.tokens_out,
+        source.topic,
+        source.partition,
+        source.offset,
+        seq,
+        now,
+    ]
+
+
+def _rejection_row(rejected: Any, seq: int, now: datetime) -> list[Any]:
+    source = rejected.source
+    rejection = rejected.rejection
+    return [
+        now,
+        str(rejection.reason),
+        rejection.detail,
+        rejection.event_id,
+        rejection.agency_id,
+        source.topic,
+        source.partition,
+        source.offset,
+        len(source.value),
+        seq,
+    ]
