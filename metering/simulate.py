@@ -41,6 +41,8 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Protocol
 
+import orjson
+
 __all__ = [
     "FEATURES",
     "LEVELS",
@@ -59,11 +61,11 @@ LEVELS: tuple[str, ...] = ("federal", "state", "local")
 
 # name, share of messages, median tokens_in, median tokens_out
 MODELS: tuple[tuple[str, float, int, int], ...] = (
-    ("gpt-4o", 0.55, 600, 330),
-    ("gpt-4.1", 0.20, 680, 360),
-    ("o3", 0.10, 620, 720),
-    ("gpt-4o-mini", 0.10, 460, 260),
-    ("o4-mini", 0.05, 520, 520),
+    ("gpt-4o", 0.55, 490, 310),
+    ("gpt-4.1", 0.20, 560, 330),
+    ("o3", 0.10, 510, 640),
+    ("gpt-4o-mini", 0.10, 380, 240),
+    ("o4-mini", 0.05, 430, 470),
 )
 # name, share of messages, tokens_in multiplier, tokens_out multiplier
 FEATURES: tuple[tuple[str, float, int, int], ...] = (
@@ -85,7 +87,7 @@ _SLICE_MAX = 8192
 _DUP_MAX_DELAY = 200
 _LATE_MIN_MS = 1 * _HOUR_MS
 _LATE_MAX_MS = 6 * _HOUR_MS
-_CONV_IDLE_MS = 90 * 60_000
+_CONV_IDLE_MS = 8 * _HOUR_MS
 _CONV_MEAN_EXTRA = 4.0
 _WRITE_BATCH = 4096
 _PROGRESS_EVERY = 100_000
@@ -134,9 +136,11 @@ _STATES: tuple[tuple[str, float, int], ...] = (
     ("wy", 0.6, -7),
 )  # fmt: skip
 
-# UUID version 4 / RFC 4122 variant bits, as uuid.UUID(int=..., version=4) sets them
-_UUID_KEEP = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
-_UUID_SET = (4 << 76) | (0x8000 << 48)
+_STATE_BY_POPULATION = tuple(pop for _, pop, _ in _STATES)
+_STATE_BY_SQRT_POPULATION = tuple(math.sqrt(pop) for _, pop, _ in _STATES)
+
+# UUID version 4: the version nibble is "4" and the variant nibble is 8, 9, a or b (RFC 9562)
+_UUID_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,14 @@ class _Agency:
     users: int
 
 
+# seed, agencies, users, tenants: everything the population depends on
+_PopulationKey = tuple[int, int, int, tuple[tuple[str, float], ...]]
+
+
+def _population_key(plan: SimulationPlan) -> _PopulationKey:
+    return plan.seed, plan.agencies, plan.users, plan.tenants
+
+
 @dataclass(frozen=True)
 class _Population:
     agencies: list[_Agency]
@@ -268,7 +280,8 @@ def _federal_offset(rng: random.Random, index: int) -> int:
 
 
 def _state_of(rng: random.Random, by_population: bool) -> tuple[str, int]:
-    weights = [pop if by_population else math.sqrt(pop) for _, pop, _ in _STATES]
+    """A state for a local agency (by population) or a state agency (by sqrt population)."""
+    weights = _STATE_BY_POPULATION if by_population else _STATE_BY_SQRT_POPULATION
     code, _, offset = rng.choices(_STATES, weights=weights)[0]
     return code, offset
 
@@ -288,42 +301,49 @@ def _agency_places(rng: random.Random, levels: tuple[int, int, int]) -> list[tup
     return places
 
 
-def _build_agencies(rng: random.Random, plan: SimulationPlan) -> list[_Agency]:
-    levels = _level_counts(plan.agencies)
-    sizes = _agency_sizes(levels, plan.users)
+def _build_agencies(rng: random.Random, key: _PopulationKey) -> list[_Agency]:
+    _, agencies, users, tenant_shares = key
+    levels = _level_counts(agencies)
+    sizes = _agency_sizes(levels, users)
     places = _agency_places(rng, levels)
-    names = [name for name, _ in plan.tenants]
-    shares = [share for _, share in plan.tenants]
-    tenants = rng.choices(names, weights=shares, k=plan.agencies)
+    names = [name for name, _ in tenant_shares]
+    shares = [share for _, share in tenant_shares]
+    tenants = rng.choices(names, weights=shares, k=agencies)
     return [
         _Agency(agency_id, level, tenant, offset, size)
         for (agency_id, level, offset), tenant, size in zip(places, tenants, sizes, strict=True)
     ]
 
 
-def _build_population(plan: SimulationPlan) -> _Population:
-    rng = random.Random(f"govmeter-sim/{plan.seed}/population")  # noqa: S311
-    agencies = _build_agencies(rng, plan)
-    user_ids: list[str] = []
+def _user_ids(rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct random-looking user ids."""
+    seen: set[str] = set()
+    ids: list[str] = []
+    while len(ids) < n:
+        user_id = f"u-{rng.getrandbits(48):012x}"
+        if user_id not in seen:
+            seen.add(user_id)
+            ids.append(user_id)
+    return ids
+
+
+def _build_population(key: _PopulationKey) -> _Population:
+    """Agencies and users; they depend on the seed, the sizes and the tenants only."""
+    rng = random.Random(f"govmeter-sim/{key[0]}/population")  # noqa: S311
+    agencies = _build_agencies(rng, key)
     user_agency: list[int] = []
     user_weight: list[float] = []
-    seen: set[str] = set()
+    gauss, exp = rng.gauss, math.exp
     for index, agency in enumerate(agencies):
-        activity = rng.lognormvariate(0.0, _AGENCY_SIGMA)
-        for _ in range(agency.users):
-            user_id = f"u-{rng.getrandbits(48):012x}"
-            while user_id in seen:
-                user_id = f"u-{rng.getrandbits(48):012x}"
-            seen.add(user_id)
-            user_ids.append(user_id)
-            user_agency.append(index)
-            user_weight.append(activity * rng.lognormvariate(0.0, _USER_SIGMA))
-    return _Population(agencies, user_ids, user_agency, user_weight)
+        activity = exp(gauss(0.0, _AGENCY_SIGMA))
+        user_agency.extend([index] * agency.users)
+        user_weight.extend([activity * exp(gauss(0.0, _USER_SIGMA)) for _ in range(agency.users)])
+    return _Population(agencies, _user_ids(rng, len(user_agency)), user_agency, user_weight)
 
 
 def population_stats(plan: SimulationPlan) -> SimulationStats:
     """Summarise the agencies and users a plan simulates (no events are generated)."""
-    agencies = _build_population(plan).agencies
+    agencies = _build_population(_population_key(plan)).agencies
     by_level = {level: 0 for level in LEVELS}
     users_by_level = {level: 0 for level in LEVELS}
     by_tenant = {name: 0 for name, _ in plan.tenants}
@@ -386,9 +406,10 @@ def _token_tables() -> tuple[list[list[int]], list[list[int]]]:
     size = 1 << _Z_BITS
     normal = NormalDist()
     z = [normal.inv_cdf((i + 0.5) / size) for i in range(size)]
+    cap = _TOKEN_CAP // max(max(mult_in, mult_out) for _, _, mult_in, mult_out in FEATURES)
 
     def table(median: int, sigma: float) -> list[int]:
-        return [min(_TOKEN_CAP, max(1, round(median * math.exp(sigma * x)))) for x in z]
+        return [min(cap, max(1, round(median * math.exp(sigma * x)))) for x in z]
 
     tokens_in = [table(m_in, _SIGMA_IN) for _, _, m_in, _ in MODELS]
     tokens_out = [table(m_out, _SIGMA_OUT) for _, _, _, m_out in MODELS]
@@ -406,8 +427,69 @@ def _cumulative(weights: Sequence[float]) -> list[float]:
 
 # --------------------------------------------------------------------------- event stream
 
-_MODEL_CUM = _cumulative([share for _, share, _, _ in MODELS])
-_FEATURE_CUM = _cumulative([share for _, share, _, _ in FEATURES])
+
+# JSON text before tokens_in, tokens_in table, its multiplier, tokens_out table, its multiplier,
+# JSON text after tokens_out
+_Combo = tuple[str, list[int], int, list[int], int, str]
+
+
+def _members(fields: dict[str, str]) -> str:
+    """``"key":"value",...`` exactly as orjson renders (and escapes) these members."""
+    return orjson.dumps(fields).decode()[1:-1]
+
+
+@lru_cache(maxsize=1)
+def _combos() -> tuple[list[_Combo], list[float]]:
+    """All (model, feature) pairs, their JSON fragments and their cumulative weights."""
+    tables_in, tables_out = _token_tables()
+    combos: list[_Combo] = []
+    weights: list[float] = []
+    for m, (model, m_share, _, _) in enumerate(MODELS):
+        for feature, f_share, mult_in, mult_out in FEATURES:
+            head = f',{_members({"model": model})},"tokens_in":'
+            tail = f",{_members({'feature': feature})}}}"
+            combos.append((head, tables_in[m], mult_in, tables_out[m], mult_out, tail))
+            weights.append(m_share * f_share)
+    return combos, _cumulative(weights)
+
+
+def _agency_prefix(agency: _Agency) -> str:
+    """The JSON members fixed for an agency, up to the opening quote of ``user_id``."""
+    fields = {"tenant": agency.tenant, "agency_id": agency.agency_id, "agency_level": agency.level}
+    return f',{_members(fields)},"user_id":"'
+
+
+def _user_prefixes(pop: _Population) -> list[str]:
+    """Per user, the fixed JSON members up to the opening quote of ``conversation_id``.
+
+    User ids are generated as ``u-`` plus hex digits, so they need no JSON escaping.
+    """
+    agency_prefix = [_agency_prefix(agency) for agency in pop.agencies]
+    return [
+        f'{agency_prefix[a]}{u}","conversation_id":"'
+        for u, a in zip(pop.user_ids, pop.user_agency, strict=True)
+    ]
+
+
+# members, probability of keeping the drawn slot, member used otherwise (Walker/Vose alias)
+_Alias = tuple[list[int], list[float], list[int]]
+
+
+def _alias(weights: Sequence[float], members: list[int]) -> _Alias:
+    """O(1) weighted sampling of ``members``: draw a slot, keep it or take its alias."""
+    n = len(weights)
+    total = sum(weights)
+    scaled = [w * n / total for w in weights] if total > 0 else []
+    prob = [1.0] * n
+    alias = list(members)
+    small = [i for i, p in enumerate(scaled) if p < 1.0]
+    large = [i for i, p in enumerate(scaled) if p >= 1.0]
+    while small and large:
+        lo, hi = small.pop(), large.pop()
+        prob[lo], alias[lo] = scaled[lo], members[hi]
+        scaled[hi] -= 1.0 - scaled[lo]
+        (small if scaled[hi] < 1.0 else large).append(hi)
+    return members, prob, alias
 
 
 @dataclass
@@ -415,8 +497,7 @@ class _Stream:
     """Precomputed tables plus the mutable per-user and late-event state of one run."""
 
     user_prefix: list[str]
-    group_users: list[list[int]]
-    group_cum: list[list[float]]
+    group_alias: list[_Alias]
     hour_group_cum: list[list[float]]
     hour_counts: list[int]
     hour_prefix: list[str]
@@ -428,28 +509,36 @@ class _Stream:
     late_rng: random.Random = field(repr=False)
 
 
-def _user_prefix(agency: _Agency, user_id: str) -> str:
-    return (
-        f'"tenant":"{agency.tenant}","agency_id":"{agency.agency_id}",'
-        f'"agency_level":"{agency.level}","user_id":"{user_id}"'
+@dataclass(frozen=True)
+class _UserTables:
+    """Read-only per-user tables, shared by runs over the same population."""
+
+    user_prefix: list[str]
+    group_alias: list[_Alias]
+    group_weight: list[float]
+
+
+@lru_cache(maxsize=1)
+def _user_tables(key: _PopulationKey) -> _UserTables:
+    """JSON prefixes and per-time-zone samplers of a population (cached: ~0.2 s to build)."""
+    pop = _build_population(key)
+    groups: list[list[int]] = [[] for _ in _TZ_OFFSETS]
+    for user, agency_index in enumerate(pop.user_agency):
+        groups[_TZ_OFFSETS.index(pop.agencies[agency_index].utc_offset)].append(user)
+    return _UserTables(
+        user_prefix=_user_prefixes(pop),
+        group_alias=[_alias([pop.user_weight[u] for u in members], members) for members in groups],
+        group_weight=[sum(pop.user_weight[u] for u in members) for members in groups],
     )
 
 
 def _prepare(plan: SimulationPlan) -> _Stream:
-    pop = _build_population(plan)
-    groups: list[list[int]] = [[] for _ in _TZ_OFFSETS]
-    for user, agency_index in enumerate(pop.user_agency):
-        groups[_TZ_OFFSETS.index(pop.agencies[agency_index].utc_offset)].append(user)
-    group_weight = [sum(pop.user_weight[u] for u in members) for members in groups]
-    hour_weights = _hour_group_weights(plan, group_weight)
-    n_users = len(pop.user_ids)
+    tables = _user_tables(_population_key(plan))
+    hour_weights = _hour_group_weights(plan, tables.group_weight)
+    n_users = len(tables.user_prefix)
     return _Stream(
-        user_prefix=[
-            _user_prefix(pop.agencies[a], u)
-            for u, a in zip(pop.user_ids, pop.user_agency, strict=True)
-        ],
-        group_users=groups,
-        group_cum=[_cumulative([pop.user_weight[u] for u in members]) for members in groups],
+        user_prefix=tables.user_prefix,
+        group_alias=tables.group_alias,
         hour_group_cum=[_cumulative(row) for row in hour_weights],
         hour_counts=_largest_remainder([sum(row) for row in hour_weights], plan.messages),
         hour_prefix=_hour_prefixes(plan),
@@ -462,62 +551,106 @@ def _prepare(plan: SimulationPlan) -> _Stream:
     )
 
 
-def _slice_users(
-    st: _Stream, rng: random.Random, group_cum: list[float], n: int
-) -> list[Iterator[int]]:
-    """Time-zone group of every event in a slice, then users drawn per group in bulk."""
+def _slice_times(rng: random.Random, lo: int, hi: int, n: int) -> list[int]:
+    """``n`` sorted uniform millisecond instants in ``[lo, hi)``."""
+    rand, span = rng.random, hi - lo
+    return sorted([lo + int(rand() * span) for _ in range(n)])
+
+
+def _slice_users(st: _Stream, rng: random.Random, hour: int, n: int) -> list[int]:
+    """Time-zone group of every event (by the hour's weights), then a user of that group."""
+    group_cum = st.hour_group_cum[hour]
     groups = rng.choices(range(len(group_cum)), cum_weights=group_cum, k=n)
-    pickers: list[Iterator[int]] = []
-    for g, (members, cum) in enumerate(zip(st.group_users, st.group_cum, strict=True)):
-        count = groups.count(g)
-        picks = rng.choices(members, cum_weights=cum, k=count) if count else []
-        pickers.append(iter(picks))
-    return [pickers[g] for g in groups]
+    tables, rand = st.group_alias, rng.random
+    out: list[int] = []
+    for g in groups:
+        members, prob, alias = tables[g]
+        x = rand() * len(members)
+        i = int(x)
+        out.append(members[i] if x - i < prob[i] else alias[i])
+    return out
 
 
-def _slice_lines(
-    st: _Stream, rng: random.Random, hour: int, part: tuple[int, int], n: int
-) -> Iterator[bytes]:
-    """``n`` events inside one slice of one UTC hour, in time order (late events aside)."""
-    index, parts = part
-    lo = hour * _HOUR_MS + index * _HOUR_MS // parts
-    span = hour * _HOUR_MS + (index + 1) * _HOUR_MS // parts - lo
-    rand = rng.random
-    bits = rng.getrandbits
-    times = sorted([lo + int(rand() * span) for _ in range(n)])
-    users = [next(picker) for picker in _slice_users(st, rng, st.hour_group_cum[hour], n)]
-    models = rng.choices(range(len(MODELS)), cum_weights=_MODEL_CUM, k=n)
-    features = rng.choices(range(len(FEATURES)), cum_weights=_FEATURE_CUM, k=n)
-    tin_tables, tout_tables = _token_tables()
-    mmss, millis = _clock_tables()
-    prefixes, user_prefix = st.hour_prefix, st.user_prefix
+def _conversations(
+    st: _Stream, rng: random.Random, times: list[int], users: list[int]
+) -> list[str]:
+    """Conversation id of every event; a conversation ends after a few messages or idling."""
     conv_id, conv_left, conv_last = st.conv_id, st.conv_left, st.conv_last
-    late_rand = st.late_rng.random
-    late_left, remaining = st.late_left, st.remaining
-    for t, u, m, f in zip(times, users, models, features, strict=True):
+    rand, bits = rng.random, rng.getrandbits
+    out: list[str] = []
+    for t, u in zip(times, users, strict=True):
         if conv_left[u] <= 0 or t - conv_last[u] > _CONV_IDLE_MS:
             conv_id[u] = f"c-{bits(80):020x}"
             conv_left[u] = 1 + int(-math.log(1.0 - rand()) * _CONV_MEAN_EXTRA)
         conv_left[u] -= 1
         conv_last[u] = t
-        occurred = t
-        if late_left and late_rand() * remaining < late_left:
+        out.append(conv_id[u])
+    return out
+
+
+def _occurred(st: _Stream, times: list[int]) -> list[int]:
+    """``times``, with exactly the plan's share of events moved hours earlier (late)."""
+    late_left, remaining = st.late_left, st.remaining
+    st.remaining = remaining - len(times)
+    if not late_left:
+        return times
+    rand = st.late_rng.random
+    out = times.copy()
+    for i, t in enumerate(times):
+        if late_left and rand() * (remaining - i) < late_left:
             late_left -= 1
             low, high = min(_LATE_MIN_MS, t), min(_LATE_MAX_MS, t)
-            occurred = t - low - int(late_rand() * (high - low))
-        remaining -= 1
-        _, _, mult_in, mult_out = FEATURES[f]
-        tokens_in = min(_TOKEN_CAP, tin_tables[m][bits(_Z_BITS)] * mult_in)
-        tokens_out = min(_TOKEN_CAP, tout_tables[m][bits(_Z_BITS)] * mult_out)
-        h = f"{(bits(128) & _UUID_KEEP) | _UUID_SET:032x}"
-        yield (
-            f'{{"schema_version":1,"event_id":"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"'
-            f',"occurred_at":"{prefixes[occurred // _HOUR_MS]}'
-            f'{mmss[occurred // 1000 % 3600]}{millis[occurred % 1000]}",{user_prefix[u]}'
-            f',"conversation_id":"{conv_id[u]}","model":"{MODELS[m][0]}"'
-            f',"tokens_in":{tokens_in},"tokens_out":{tokens_out},"feature":"{FEATURES[f][0]}"}}'
-        ).encode()
-    st.late_left, st.remaining = late_left, remaining
+            out[i] = t - low - int(rand() * (high - low))
+    st.late_left = late_left
+    return out
+
+
+def _render(
+    st: _Stream,
+    rng: random.Random,
+    occurred: list[int],
+    users: list[int],
+    convs: list[str],
+) -> list[bytes]:
+    """The JSON lines, with a model, a feature and token counts drawn for every event.
+
+    Fixed members come from orjson-rendered fragments and the per-event values are hex
+    digits, digits and punctuation, so every line is byte-identical to ``orjson.dumps`` of
+    the event (compact, keys in schema order); a template is much faster than a dict.
+    """
+    combos, combo_cum = _combos()
+    picked = rng.choices(combos, cum_weights=combo_cum, k=len(users))
+    mmss, millis = _clock_tables()
+    prefixes, user_prefix = st.hour_prefix, st.user_prefix
+    randbytes, bits, variant = rng.randbytes, rng.getrandbits, _UUID_VARIANT
+    shift, mask = _Z_BITS, (1 << _Z_BITS) - 1
+    out: list[bytes] = []
+    for t, u, conv, (head, t_in, m_in, t_out, m_out, tail) in zip(
+        occurred, users, convs, picked, strict=True
+    ):
+        h = randbytes(16).hex()
+        z = bits(2 * _Z_BITS)
+        out.append(
+            f'{{"schema_version":1,"event_id":"{h[:8]}-{h[8:12]}-4{h[13:16]}'
+            f'-{variant[h[16]]}{h[17:20]}-{h[20:]}","occurred_at":"{prefixes[t // _HOUR_MS]}'
+            f'{mmss[t // 1000 % 3600]}{millis[t % 1000]}"{user_prefix[u]}{conv}"{head}'
+            f'{t_in[z >> shift] * m_in},"tokens_out":{t_out[z & mask] * m_out}{tail}'.encode()
+        )
+    return out
+
+
+def _slice_lines(
+    st: _Stream, rng: random.Random, hour: int, part: tuple[int, int], n: int
+) -> list[bytes]:
+    """``n`` events inside one slice of one UTC hour, in time order (late events aside)."""
+    index, parts = part
+    base = hour * _HOUR_MS
+    times = _slice_times(
+        rng, base + index * _HOUR_MS // parts, base + (index + 1) * _HOUR_MS // parts, n
+    )
+    users = _slice_users(st, rng, hour, n)
+    convs = _conversations(st, rng, times, users)
+    return _render(st, rng, _occurred(st, times), users, convs)
 
 
 def _unique_lines(plan: SimulationPlan) -> Iterator[bytes]:

@@ -91,7 +91,12 @@ def may_hold_content(raw: bytes) -> bool:
     might carry content is never copied, only referenced by topic, partition and offset.
     """
     lowered = raw.lower()
-    return len(raw) > MAX_MESSAGE_BYTES or any(token in lowered for token in _CONTENT_TOKENS)
+    return (
+        len(raw) > MAX_MESSAGE_BYTES
+        # A \u escape can spell a content field name that no byte search would see.
+        or b"\\u" in raw
+        or any(token in lowered for token in _CONTENT_TOKENS)
+    )
 
 
 def _reject_constant(name: str) -> Any:
@@ -109,9 +114,12 @@ def _parse_json(raw: bytes) -> Any:
         except UnicodeDecodeError:
             raise ValueError("not valid UTF-8") from None
         try:
-            return json.loads(text, parse_constant=_reject_constant)
+            document = json.loads(text, parse_constant=_reject_constant)
+            # Lone surrogates (\ud800) are not Unicode text: nothing downstream can store them.
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
         except (ValueError, RecursionError):
             raise ValueError(str(fast_error)) from None
+        return document
 
 
 def _json_error_summary(error: ValueError) -> str:
@@ -149,7 +157,7 @@ def _identifiers(document: dict[str, Any]) -> tuple[str | None, str | None]:
 
     def short_string(name: str) -> str | None:
         value = document.get(name)
-        if isinstance(value, str) and 0 < len(value) <= _MAX_ID_CHARS:
+        if isinstance(value, str) and 0 < len(value) <= _MAX_ID_CHARS and value.isprintable():
             return value
         return None
 

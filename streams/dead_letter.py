@@ -15,7 +15,7 @@ from typing import Protocol
 
 import orjson
 
-from schemas.rejections import may_hold_content
+from schemas.rejections import Reason, may_hold_content
 from streams.batch import RejectedMessage
 
 __all__ = ["DeadLetter", "DeadLetterPublisher", "dead_letter_for"]
@@ -54,7 +54,7 @@ def dead_letter_for(rejected: RejectedMessage, received_at: datetime) -> DeadLet
         "event_id": rejection.event_id,
         "agency_id": rejection.agency_id,
     }
-    if may_hold_content(source.value):
+    if rejection.reason is Reason.CONTENT_NOT_ALLOWED or may_hold_content(source.value):
         envelope["original_withheld"] = (
             "may hold message content; read it at its topic, partition and offset"
         )

@@ -39,14 +39,16 @@ kafka_abs_data_dir() {
   local dir="${KAFKA_DATA_DIR:-./var/kafka}"
   [[ "$dir" == /* ]] || dir="$PWD/$dir"
   # Normalise "." / ".." / duplicate slashes without requiring the dir to exist.
-  local part out=() IFS=/
-  for part in $dir; do
+  local part parts out=()
+  IFS=/ read -r -a parts <<<"$dir"
+  for part in "${parts[@]}"; do
     case "$part" in
       ''|.) ;;
       ..) ((${#out[@]})) && unset 'out[${#out[@]}-1]' ;;
       *) out+=("$part") ;;
     esac
   done
+  local IFS=/
   printf '/%s\n' "${out[*]}"
 }
 

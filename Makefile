@@ -1,0 +1,59 @@
+# Two commands do all set-up on a fresh machine (Python 3.11 + Java 17):
+#   make demo   local Kafka, a simulated day of ChatGPT Gov traffic, the worker until idle,
+#               then the day's headline per tenant (embedded ClickHouse in ./var/clickhouse)
+#   make test   unit and integration tests against real Kafka and chDB
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_MESSAGES ?= 200000
+DEMO_DAY ?= 2026-11-02
+
+export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(or $(KAFKA_PORT),9092)
+
+.PHONY: setup demo test unit integration lint typecheck bench kafka-start kafka-stop clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+kafka-start:
+	infra/kafka/start
+
+kafka-stop:
+	infra/kafka/stop
+
+demo: setup kafka-start
+	mkdir -p var
+	$(BIN)/metering simulate --messages $(DEMO_MESSAGES) --start $(DEMO_DAY) --days 1 --out var/demo-day.jsonl.gz
+	$(BIN)/metering replay var/demo-day.jsonl.gz
+	$(BIN)/metering worker --until-idle 3
+	$(BIN)/metering headline --day $(DEMO_DAY)
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+unit: setup
+	$(BIN)/python -m pytest tests/unit
+
+integration: setup
+	$(BIN)/python -m pytest tests/integration
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+bench: setup kafka-start
+	$(BIN)/python -m bench.pipeline
+
+clean:
+	-infra/kafka/stop
+	rm -rf var $(VENV)

@@ -1,0 +1,83 @@
+"""Migrations on an embedded (chDB) store: idempotent, recorded, and the contract views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from metering.migrations import MigrationError, apply_migrations, load_migrations
+from metering.store import connect
+
+DAY_COLUMNS = [
+    ("tenant", "String"),
+    ("agency_id", "String"),
+    ("agency_level", "String"),
+    ("messages", "UInt64"),
+    ("tokens_in", "UInt64"),
+    ("tokens_out", "UInt64"),
+    ("active_users", "UInt64"),
+]
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[Client]:
+    store = connect(f"chdb://{tmp_path}/ch")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def columns(client: Client, view: str) -> list[tuple[str, str]]:
+    return [
+        (str(row[0]), str(row[1])) for row in client.query(f"DESCRIBE TABLE {view}").result_rows
+    ]
+
+
+def test_apply_twice_records_each_file_once_and_creates_the_contract_views(
+    client: Client,
+) -> None:
+    expected = load_migrations()
+    first = apply_migrations(client)
+    assert [m.version for m in first] == [m.version for m in expected]
+    assert apply_migrations(client) == []
+
+    recorded = client.query(
+        "SELECT version, name, checksum FROM metering.schema_migrations ORDER BY version"
+    ).result_rows
+    assert [tuple(row) for row in recorded] == [(m.version, m.name, m.checksum) for m in expected]
+
+    assert columns(client, "metering.agency_daily") == [("day", "Date"), *DAY_COLUMNS]
+    assert columns(client, "metering.agency_monthly") == [("month", "Date"), *DAY_COLUMNS]
+    assert columns(client, "metering.monthly_totals") == [
+        ("month", "Date"),
+        ("tenant", "String"),
+        ("agencies", "UInt64"),
+        ("active_users", "UInt64"),
+        ("messages", "UInt64"),
+        ("tokens_in", "UInt64"),
+        ("tokens_out", "UInt64"),
+    ]
+
+    rejected = dict(columns(client, "metering.rejected_events"))
+    assert rejected["received_at"].startswith("DateTime64(3")
+    assert rejected["reason"] in ("String", "LowCardinality(String)")
+    assert rejected["event_id"] == "Nullable(String)"
+    assert rejected["agency_id"] == "Nullable(String)"
+
+    # Fresh store, nothing counted: the views read as empty.
+    for view in ("agency_daily", "agency_monthly", "monthly_totals", "rejected_events"):
+        assert client.query(f"SELECT count() FROM metering.{view}").result_rows == [(0,)]
+
+
+def test_changed_migration_checksum_is_an_error(client: Client) -> None:
+    assert len(apply_migrations(client)) == len(load_migrations())
+    client.command(
+        "ALTER TABLE metering.schema_migrations UPDATE checksum = 'x' WHERE version = 1 "
+        "SETTINGS mutations_sync=2"
+    )
+    with pytest.raises(MigrationError, match="0001_"):
+        apply_migrations(client)
