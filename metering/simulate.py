@@ -15,10 +15,14 @@ Shape of the traffic:
   a conversation id until the conversation ends or goes idle;
 * models and features have fixed shares; token counts are log-normal per model and feature.
 
-Events are produced hour by hour, in time order inside slices of at most ``_SLICE_MAX`` events,
-so the stream is roughly time-ordered without any sorting of the whole run. Optional producer
-retries (``duplicate_rate``) re-send an identical line shortly after the original, and optional
-late events (``late_rate``) carry an ``occurred_at`` some hours before their neighbours.
+Time zones are fixed standard-time offsets (no daylight saving; the default start, 2 November
+2026, is the day after US daylight time ends).
+
+Events are produced hour by hour, each hour in consecutive slices of at most ``_SLICE_MAX``
+events sorted by time, so ``occurred_at`` never decreases along the stream without any sorting
+of the whole run. Two deliberate exceptions: producer retries (``duplicate_rate``) re-send an
+identical line shortly after the original, and late events (``late_rate``) carry an
+``occurred_at`` one to six hours before their neighbours (never before the plan's start).
 
 The output is a pure function of the plan: same plan, same bytes.
 """
@@ -28,12 +32,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import heapq
+import itertools
 import math
 import random
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -90,6 +97,7 @@ _LATE_MAX_MS = 6 * _HOUR_MS
 _CONV_IDLE_MS = 8 * _HOUR_MS
 _CONV_MEAN_EXTRA = 4.0
 _WRITE_BATCH = 4096
+_WRITE_AHEAD = 2
 _PROGRESS_EVERY = 100_000
 
 _LEVEL_COUNT_SHARE = (0.15, 0.25, 0.60)
@@ -161,6 +169,7 @@ class SimulationPlan:
     late_rate: float = 0.0  # fraction of events whose occurred_at is hours earlier
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "tenants", tuple((str(n), float(s)) for n, s in self.tenants))
         _check(self.messages >= 0, "messages must be >= 0")
         _check(self.days >= 1, "days must be >= 1")
         _check(self.agencies >= 1, "agencies must be >= 1")
@@ -433,6 +442,9 @@ def _cumulative(weights: Sequence[float]) -> list[float]:
 _Combo = tuple[str, list[int], int, list[int], int, str]
 
 
+_LINE_START = f'{{"schema_version":{SCHEMA_VERSION},"event_id":"'
+
+
 def _members(fields: dict[str, str]) -> str:
     """``"key":"value",...`` exactly as orjson renders (and escapes) these members."""
     return orjson.dumps(fields).decode()[1:-1]
@@ -623,7 +635,7 @@ def _render(
     mmss, millis = _clock_tables()
     prefixes, user_prefix = st.hour_prefix, st.user_prefix
     randbytes, bits, variant = rng.randbytes, rng.getrandbits, _UUID_VARIANT
-    shift, mask = _Z_BITS, (1 << _Z_BITS) - 1
+    shift, mask, start = _Z_BITS, (1 << _Z_BITS) - 1, _LINE_START
     out: list[bytes] = []
     for t, u, conv, (head, t_in, m_in, t_out, m_out, tail) in zip(
         occurred, users, convs, picked, strict=True
@@ -631,7 +643,7 @@ def _render(
         h = randbytes(16).hex()
         z = bits(2 * _Z_BITS)
         out.append(
-            f'{{"schema_version":1,"event_id":"{h[:8]}-{h[8:12]}-4{h[13:16]}'
+            f"{start}{h[:8]}-{h[8:12]}-4{h[13:16]}"
             f'-{variant[h[16]]}{h[17:20]}-{h[20:]}","occurred_at":"{prefixes[t // _HOUR_MS]}'
             f'{mmss[t // 1000 % 3600]}{millis[t % 1000]}"{user_prefix[u]}{conv}"{head}'
             f'{t_in[z >> shift] * m_in},"tokens_out":{t_out[z & mask] * m_out}{tail}'.encode()
@@ -696,22 +708,31 @@ class _Sink(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
 
+def _batches(plan: SimulationPlan) -> Iterator[tuple[int, bytes]]:
+    """(line count, newline-terminated JSONL bytes) in batches of ``_WRITE_BATCH`` lines."""
+    lines = generate_events(plan)
+    while batch := list(itertools.islice(lines, _WRITE_BATCH)):
+        yield len(batch), b"\n".join(batch) + b"\n"
+
+
 def _write_lines(plan: SimulationPlan, out: _Sink, progress: Callable[[int], None] | None) -> int:
-    written = 0
-    batch: list[bytes] = []
-    next_report = _PROGRESS_EVERY
-    for line in generate_events(plan):
-        batch.append(line)
-        if len(batch) >= _WRITE_BATCH:
-            out.write(b"\n".join(batch) + b"\n")
-            written += len(batch)
-            batch.clear()
+    """Generate on this thread, compress and write on another (zlib and I/O drop the GIL).
+
+    At most ``_WRITE_AHEAD`` batches wait for the writer, so memory stays bounded.
+    """
+    written, next_report = 0, _PROGRESS_EVERY
+    pending: deque[Future[int]] = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jsonl-writer") as writer:
+        for count, data in _batches(plan):
+            pending.append(writer.submit(out.write, data))
+            if len(pending) > _WRITE_AHEAD:
+                pending.popleft().result()
+            written += count
             if progress is not None and written >= next_report:
                 progress(written)
                 next_report += _PROGRESS_EVERY
-    if batch:
-        out.write(b"\n".join(batch) + b"\n")
-        written += len(batch)
+        while pending:
+            pending.popleft().result()
     if progress is not None:
         progress(written)
     return written

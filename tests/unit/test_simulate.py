@@ -243,7 +243,7 @@ def test_invalid_plans_are_rejected() -> None:
         {"messages": 1, "late_rate": -0.1},
     ):
         with pytest.raises(ValueError):
-            SimulationPlan(**bad)  # type: ignore[arg-type]
+            SimulationPlan(**bad)
 
 
 def _rss_bytes() -> int:
