@@ -13,14 +13,22 @@ __all__ = ["main"]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bootstrap-servers", dest="kafka_bootstrap_servers",
-                        help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)")
-    parser.add_argument("--events-topic", dest="events_topic",
-                        help="events topic (env METERING_EVENTS_TOPIC)")
-    parser.add_argument("--dlq-topic", dest="dlq_topic",
-                        help="dead-letter topic (env METERING_DLQ_TOPIC)")
-    parser.add_argument("--clickhouse-url", dest="clickhouse_url",
-                        help="chdb://PATH or http(s)://user:pass@host:8123 (env CLICKHOUSE_URL)")
+    parser.add_argument(
+        "--bootstrap-servers",
+        dest="kafka_bootstrap_servers",
+        help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    parser.add_argument(
+        "--events-topic", dest="events_topic", help="events topic (env METERING_EVENTS_TOPIC)"
+    )
+    parser.add_argument(
+        "--dlq-topic", dest="dlq_topic", help="dead-letter topic (env METERING_DLQ_TOPIC)"
+    )
+    parser.add_argument(
+        "--clickhouse-url",
+        dest="clickhouse_url",
+        help="chdb://PATH or http(s)://user:pass@host:8123 (env CLICKHOUSE_URL)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,16 +43,35 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run the stream processors")
     _common(worker)
-    worker.add_argument("--until-idle", type=float, metavar="SECONDS",
-                        help="exit 0 once everything is flushed and nothing arrived for SECONDS")
-    worker.add_argument("--consumer-group", dest="consumer_group",
-                        help="consumer group (env METERING_CONSUMER_GROUP)")
-    worker.add_argument("--batch-max-events", dest="batch_max_events", type=int,
-                        help="events per flush at most (env METERING_BATCH_MAX_EVENTS)")
-    worker.add_argument("--batch-max-seconds", dest="batch_max_seconds", type=float,
-                        help="seconds a batch waits to fill (env METERING_BATCH_MAX_SECONDS)")
-    worker.add_argument("--partitions", dest="topic_partitions", type=int,
-                        help="partitions of topics this worker creates (env METERING_TOPIC_PARTITIONS)")
+    worker.add_argument(
+        "--until-idle",
+        type=float,
+        metavar="SECONDS",
+        help="exit 0 once everything is flushed and nothing arrived for SECONDS",
+    )
+    worker.add_argument(
+        "--consumer-group",
+        dest="consumer_group",
+        help="consumer group (env METERING_CONSUMER_GROUP)",
+    )
+    worker.add_argument(
+        "--batch-max-events",
+        dest="batch_max_events",
+        type=int,
+        help="events per flush at most (env METERING_BATCH_MAX_EVENTS)",
+    )
+    worker.add_argument(
+        "--batch-max-seconds",
+        dest="batch_max_seconds",
+        type=float,
+        help="seconds a batch waits to fill (env METERING_BATCH_MAX_SECONDS)",
+    )
+    worker.add_argument(
+        "--partitions",
+        dest="topic_partitions",
+        type=int,
+        help="partitions of topics this worker creates (env METERING_TOPIC_PARTITIONS)",
+    )
 
     query = commands.add_parser("query", help="run SQL on the configured store")
     _common(query)
@@ -55,8 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     _common(simulate)
     simulate.add_argument("--messages", type=int, required=True)
     simulate.add_argument("--seed", type=int, default=7)
-    simulate.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 2),
-                          help="first UTC day, YYYY-MM-DD")
+    simulate.add_argument(
+        "--start",
+        type=date.fromisoformat,
+        default=date(2026, 11, 2),
+        help="first UTC day, YYYY-MM-DD",
+    )
     simulate.add_argument("--days", type=int, default=1)
     simulate.add_argument("--agencies", type=int, default=3500)
     simulate.add_argument("--users", type=int, default=90000)

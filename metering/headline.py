@@ -44,5 +44,9 @@ def print_headline(settings: Settings, day: date | None) -> int:
     rejected = client.query(REJECTED_SQL)
     if rejected.result_rows:
         print()
-        print(format_result(list(rejected.column_names), [tuple(r) for r in rejected.result_rows], "table"))
+        print(
+            format_result(
+                list(rejected.column_names), [tuple(r) for r in rejected.result_rows], "table"
+            )
+        )
     return 0

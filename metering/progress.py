@@ -10,9 +10,7 @@ __all__ = ["Progress"]
 
 
 class Progress:
-    def __init__(
-        self, label: str, total: int | None = None, stream: TextIO | None = None
-    ) -> None:
+    def __init__(self, label: str, total: int | None = None, stream: TextIO | None = None) -> None:
         self.label = label
         self.total = total
         self.count = 0

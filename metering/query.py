@@ -47,7 +47,9 @@ def format_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> 
         writer.writerow(columns)
         writer.writerows(plain_rows)
         return out.getvalue().rstrip("\n")
-    cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in r] for r in plain_rows]
+    cells = [[str(c) for c in columns]] + [
+        ["" if v is None else str(v) for v in r] for r in plain_rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     numeric = [
         all(isinstance(r[i], (int, float, Decimal)) for r in plain_rows) and bool(plain_rows)

@@ -69,7 +69,9 @@ def connect(url: str) -> Client:
                     "run the worker against a ClickHouse server (CLICKHOUSE_URL=http://...) so "
                     "that several processes can share it."
                 ) from None
-            raise StoreError(f"CLICKHOUSE_URL={url}: cannot open the embedded store: {error}") from error
+            raise StoreError(
+                f"CLICKHOUSE_URL={url}: cannot open the embedded store: {error}"
+            ) from error
         return client
     if url.startswith(("http://", "https://")):
         try:

@@ -27,7 +27,9 @@ __all__ = [
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
-    return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
+    return [
+        f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()
+    ]
 
 
 def build_app(settings: Settings) -> faust.App:

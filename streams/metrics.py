@@ -39,9 +39,7 @@ class Metrics:
         self.last_flush_seconds = 0.0
         self.flush_seconds_total = 0.0
 
-    def record_flush(
-        self, result: FlushResult, batch: ClassifiedBatch, seconds: float
-    ) -> None:
+    def record_flush(self, result: FlushResult, batch: ClassifiedBatch, seconds: float) -> None:
         self.flushes.inc()
         self.counted.inc(result.counted)
         self.duplicates.inc(result.duplicates)

@@ -55,8 +55,6 @@ def recover(client: Client) -> RecoveredState:
     # 4.
     resume = {
         (str(topic), int(partition)): int(next_offset)
-        for topic, partition, next_offset in client.query(
-            ledger_sql.RESUME_POSITIONS
-        ).result_rows
+        for topic, partition, next_offset in client.query(ledger_sql.RESUME_POSITIONS).result_rows
     }
     return RecoveredState(committed + 1, resume, orphans, len(unapplied))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -95,7 +95,12 @@ class ClickHouseSink:
         self._faults.flush_started(self._flushes_started)
         now = datetime.now(UTC)
         token = f"flush-{seq}-{self._run_id}"
-        started = asyncio.get_running_loop().time()
+        clock = asyncio.get_running_loop().time
+        started = clock()
+        timings: dict[str, float] = {}
+
+        def lap(step: str) -> None:
+            timings[step] = round(clock() - started - sum(timings.values()), 4)
 
         # 1. Which of the batch's event ids were counted before (by any partition)?
         ids = [valid.event.event_id for valid in batch.valid]
@@ -107,6 +112,7 @@ class ClickHouseSink:
             else:
                 batch.range_of(valid.source).counted += 1
         self._faults.maybe_crash("after_lookup", seq)
+        lap("lookup")
 
         # 2. Stage counted events and rejections, tagged with the flush.
         event_rows = [_counted_event_row(v, seq, now) for v in new]
@@ -132,12 +138,14 @@ class ClickHouseSink:
                 ),
             )
         self._faults.maybe_crash("after_stage", seq)
+        lap("stage")
 
         # 3. Dead-letter copies, acknowledged by the broker before the commit.
         if batch.rejected:
             letters = [dead_letter_for(r, now) for r in batch.rejected]
             await self._retry("publish dead letters", lambda: self._dead_letters.publish(letters))
         self._faults.maybe_crash("after_dead_letters", seq)
+        lap("dead_letters")
 
         # 4. COMMIT POINT: the ledger rows of every partition, in one insert.
         ledger_rows = [
@@ -163,10 +171,12 @@ class ClickHouseSink:
             ),
         )
         self._faults.maybe_crash("after_commit", seq)
+        lap("commit")
 
         # 5 and 6. Fold the flush into the rollups, then mark it applied.
         await self._store("apply rollups", lambda: apply_flush(self._client, seq, self._faults))
         self._faults.maybe_crash("after_apply", seq)
+        lap("apply")
 
         result = FlushResult(
             flush_seq=seq,
@@ -175,8 +185,19 @@ class ClickHouseSink:
             duplicates=len(batch.valid) - len(new) + len(batch.in_batch_duplicates),
             rejected=len(batch.rejected),
         )
-        self._metrics.record_flush(
-            result, batch, asyncio.get_running_loop().time() - started
+        seconds = clock() - started
+        self._metrics.record_flush(result, batch, seconds)
+        log.info(
+            "flush committed",
+            extra={
+                "flush_seq": seq,
+                "messages": result.messages,
+                "counted": result.counted,
+                "duplicates": result.duplicates,
+                "rejected": result.rejected,
+                "seconds": round(seconds, 4),
+                "step_seconds": timings,
+            },
         )
         return result
 
@@ -211,7 +232,7 @@ class ClickHouseSink:
 
         return await self._retry(what, attempt)
 
-    async def _retry(self, what: str, attempt: Callable[[], Any]) -> Any:
+    async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         delay = 0.2
         failures = 0
         while True:
@@ -242,12 +263,17 @@ def apply_flush(client: Client, seq: int, faults: FaultPlan | None = None) -> No
         client.command(
             statement,
             parameters={"flush_seq": seq},
-            settings={**ledger_sql.APPLY_SETTINGS, "insert_deduplication_token": f"flush-{seq}-{name}"},
+            settings={
+                **ledger_sql.APPLY_SETTINGS,
+                "insert_deduplication_token": f"flush-{seq}-{name}",
+            },
         )
         if faults is not None:
             faults.maybe_crash(f"after_apply_{name}", seq)
     client.insert(
-        ledger_sql.MARK_APPLIED, [[seq, datetime.now(UTC)]], column_names=["flush_seq", "applied_at"]
+        ledger_sql.MARK_APPLIED,
+        [[seq, datetime.now(UTC)]],
+        column_names=["flush_seq", "applied_at"],
     )
 
 

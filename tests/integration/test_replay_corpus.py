@@ -9,12 +9,35 @@ from tests.integration.harness import CORPUS, MeteringRun, expected
 pytestmark = pytest.mark.integration
 
 VIEW_COLUMNS = {
-    "agency_daily": ["day", "tenant", "agency_id", "agency_level", "messages", "tokens_in",
-                     "tokens_out", "active_users"],
-    "agency_monthly": ["month", "tenant", "agency_id", "agency_level", "messages", "tokens_in",
-                       "tokens_out", "active_users"],
-    "monthly_totals": ["month", "tenant", "agencies", "active_users", "messages", "tokens_in",
-                       "tokens_out"],
+    "agency_daily": [
+        "day",
+        "tenant",
+        "agency_id",
+        "agency_level",
+        "messages",
+        "tokens_in",
+        "tokens_out",
+        "active_users",
+    ],
+    "agency_monthly": [
+        "month",
+        "tenant",
+        "agency_id",
+        "agency_level",
+        "messages",
+        "tokens_in",
+        "tokens_out",
+        "active_users",
+    ],
+    "monthly_totals": [
+        "month",
+        "tenant",
+        "agencies",
+        "active_users",
+        "messages",
+        "tokens_in",
+        "tokens_out",
+    ],
 }
 
 
