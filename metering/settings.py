@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     store_retry_max_seconds: Annotated[
         float, Field(validation_alias=_env("METERING_STORE_RETRY_MAX_SECONDS"), gt=0, le=600)
     ] = 30.0
+    session_timeout_seconds: Annotated[
+        float, Field(validation_alias=_env("METERING_SESSION_TIMEOUT_SECONDS"), ge=6, le=300)
+    ] = 10.0
     worker_name: Annotated[str, Field(validation_alias=_env("METERING_WORKER_NAME"))] = ""
 
     @field_validator("clickhouse_url")

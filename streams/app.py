@@ -46,6 +46,10 @@ def build_app(settings: Settings) -> faust.App:
         topic_allow_declare=False,
         producer_acks=-1,
         broker_commit_every=10_000,
+        # A worker killed with SIGKILL holds its partitions until its session times
+        # out; a short session lets a restarted worker (or a peer) take over quickly.
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_seconds / 4),
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.batch_max_events),
         stream_wait_empty=False,

@@ -1,0 +1,386 @@
+"""Statements: read a period's quantities from the rollups and price them.
+
+Quantities come from the contract view `metering.agency_monthly` (messages, tokens,
+active users per month and agency) and from `metering.model_daily_rollup` (tokens
+per model, for the list value). Pricing is pure: `price_statement` turns the
+quantities and a `PriceBook` into lines, following the rules written in
+`pricebook.toml`. Money is `Decimal` throughout, rounded half-even to cents once per
+line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from typing import Any, Final
+
+import orjson
+from clickhouse_connect.driver.client import Client
+
+from metering.billing.periods import Period
+from metering.billing.pricebook import PriceBook
+
+__all__ = [
+    "STATEMENT_COLUMNS",
+    "BillingError",
+    "LineKey",
+    "ModelTokens",
+    "MonthQuantities",
+    "Statement",
+    "StatementLine",
+    "Usage",
+    "input_digest",
+    "price_statement",
+    "read_usage",
+    "to_cents",
+    "unapplied_flushes",
+]
+
+CENT: Final = Decimal("0.01")
+MILLION: Final = Decimal(1_000_000)
+
+STATEMENT_COLUMNS: Final = [
+    "period",
+    "month",
+    "tenant",
+    "agency_id",
+    "agency_level",
+    "messages",
+    "tokens_in",
+    "tokens_out",
+    "active_users",
+    "plan",
+    "billable_units",
+    "charge_usd",
+    "list_value_usd",
+]
+
+LineKey = tuple[str, str, str]  # (tenant, agency_id, agency_level), the views' key
+
+
+class BillingError(RuntimeError):
+    """The store is not in a state that can be billed; the message says what to do."""
+
+
+def to_cents(amount: Decimal) -> Decimal:
+    """Round half to even to whole cents (the single rounding point of a line)."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+@dataclass(frozen=True)
+class MonthQuantities:
+    month: date
+    tenant: str
+    agency_id: str
+    agency_level: str
+    messages: int
+    tokens_in: int
+    tokens_out: int
+    active_users: int
+
+    @property
+    def key(self) -> LineKey:
+        return (self.tenant, self.agency_id, self.agency_level)
+
+
+@dataclass(frozen=True)
+class ModelTokens:
+    month: date
+    tenant: str
+    agency_id: str
+    agency_level: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+
+    @property
+    def key(self) -> LineKey:
+        return (self.tenant, self.agency_id, self.agency_level)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Everything one statement is computed from, as read from the store."""
+
+    period: Period
+    months: tuple[MonthQuantities, ...]
+    model_tokens: tuple[ModelTokens, ...]
+    # distinct users over the whole period; for a month, agency_monthly's own figure
+    period_users: dict[LineKey, int] = field(default_factory=dict)
+    # first month with usage in the period's fiscal year, up to the period's end
+    first_active_month: dict[LineKey, date] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    period: str
+    month: date | None  # the month's first day for a monthly statement, else None
+    tenant: str
+    agency_id: str
+    agency_level: str
+    messages: int
+    tokens_in: int
+    tokens_out: int
+    active_users: int
+    plan: str
+    billable_units: int
+    charge_usd: Decimal
+    list_value_usd: Decimal
+    models: tuple[tuple[str, int, int], ...]  # (model, tokens_in, tokens_out), sorted
+
+    @property
+    def key(self) -> LineKey:
+        return (self.tenant, self.agency_id, self.agency_level)
+
+    def row(self) -> tuple[Any, ...]:
+        """The values of STATEMENT_COLUMNS, in order."""
+        return (
+            self.period,
+            self.month,
+            self.tenant,
+            self.agency_id,
+            self.agency_level,
+            self.messages,
+            self.tokens_in,
+            self.tokens_out,
+            self.active_users,
+            self.plan,
+            self.billable_units,
+            self.charge_usd,
+            self.list_value_usd,
+        )
+
+    def quantities(self) -> dict[str, Any]:
+        """What the input digest covers: every quantity, no price."""
+        return {
+            "tenant": self.tenant,
+            "agency_id": self.agency_id,
+            "agency_level": self.agency_level,
+            "messages": self.messages,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "active_users": self.active_users,
+            "billable_units": self.billable_units,
+            "models": [list(entry) for entry in self.models],
+        }
+
+
+def input_digest(period_label: str, lines: Iterable[StatementLine]) -> str:
+    """sha256 of the canonical JSON of the statement's quantities (sorted, compact)."""
+    canonical = {
+        "period": period_label,
+        "lines": [line.quantities() for line in sorted(lines, key=lambda li: li.key)],
+    }
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Statement:
+    period: Period
+    lines: tuple[StatementLine, ...]
+    price_book_sha256: str
+
+    @property
+    def input_sha256(self) -> str:
+        return input_digest(self.period.label, self.lines)
+
+    @property
+    def charge_usd(self) -> Decimal:
+        return sum((line.charge_usd for line in self.lines), Decimal("0.00"))
+
+    @property
+    def list_value_usd(self) -> Decimal:
+        return sum((line.list_value_usd for line in self.lines), Decimal("0.00"))
+
+    def total(self, measure: str) -> int:
+        return sum(int(getattr(line, measure)) for line in self.lines)
+
+
+# ---------------------------------------------------------------------------------
+# Reading the store
+
+# Monthly quantities per statement key, straight from the contract view.
+_MONTHS_SQL: Final = """
+SELECT month, tenant, agency_id, agency_level, messages, tokens_in, tokens_out, active_users
+FROM metering.agency_monthly
+WHERE month >= {start:Date} AND month < {end:Date}
+ORDER BY month, tenant, agency_id, agency_level
+"""
+
+# Distinct users over a multi-month period: merge the per-day uniqExact states over
+# the whole range (summing monthly figures would count a user once per month).
+_PERIOD_USERS_SQL: Final = """
+SELECT tenant, agency_id, agency_level, uniqExactMerge(users) AS active_users
+FROM metering.agency_daily_rollup
+WHERE day >= {start:Date} AND day < {end:Date}
+GROUP BY tenant, agency_id, agency_level
+"""
+
+# Tokens per model, month and statement key, for the list value. The model rollup
+# is also keyed by feature; summing over it gives the same totals as agency_monthly.
+_MODEL_TOKENS_SQL: Final = """
+SELECT toStartOfMonth(day) AS month, tenant, agency_id, agency_level, model,
+       sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out
+FROM metering.model_daily_rollup
+WHERE day >= {start:Date} AND day < {end:Date}
+GROUP BY month, tenant, agency_id, agency_level, model
+ORDER BY month, tenant, agency_id, agency_level, model
+"""
+
+# The first month with usage in the fiscal year, looking only up to the period's
+# end: the per-agency annual fee is charged in that month (see pricebook.toml).
+_FIRST_ACTIVE_SQL: Final = """
+SELECT tenant, agency_id, agency_level, min(month) AS first_month
+FROM metering.agency_monthly
+WHERE month >= {fiscal_year_start:Date} AND month < {end:Date}
+GROUP BY tenant, agency_id, agency_level
+"""
+
+# Committed flushes not yet folded into the rollups. A worker applies them when it
+# starts (recovery); until then the rollups trail the ledger and must not be billed.
+_UNAPPLIED_SQL: Final = """
+SELECT uniqExact(flush_seq)
+FROM metering.flush_ledger
+WHERE flush_seq NOT IN (SELECT flush_seq FROM metering.flush_applied)
+"""
+
+
+def unapplied_flushes(client: Client) -> int:
+    return int(client.query(_UNAPPLIED_SQL).result_rows[0][0])
+
+
+def read_usage(client: Client, period: Period) -> Usage:
+    bounds = {"start": period.start, "end": period.end}
+    months = tuple(
+        MonthQuantities(
+            month=row[0],
+            tenant=str(row[1]),
+            agency_id=str(row[2]),
+            agency_level=str(row[3]),
+            messages=int(row[4]),
+            tokens_in=int(row[5]),
+            tokens_out=int(row[6]),
+            active_users=int(row[7]),
+        )
+        for row in client.query(_MONTHS_SQL, parameters=bounds).result_rows
+    )
+    model_tokens = tuple(
+        ModelTokens(
+            month=row[0],
+            tenant=str(row[1]),
+            agency_id=str(row[2]),
+            agency_level=str(row[3]),
+            model=str(row[4]),
+            tokens_in=int(row[5]),
+            tokens_out=int(row[6]),
+        )
+        for row in client.query(_MODEL_TOKENS_SQL, parameters=bounds).result_rows
+    )
+    if period.kind == "month":
+        period_users = {m.key: m.active_users for m in months}
+    else:
+        period_users = {
+            (str(r[0]), str(r[1]), str(r[2])): int(r[3])
+            for r in client.query(_PERIOD_USERS_SQL, parameters=bounds).result_rows
+        }
+    first_active = {
+        (str(r[0]), str(r[1]), str(r[2])): r[3]
+        for r in client.query(
+            _FIRST_ACTIVE_SQL,
+            parameters={"fiscal_year_start": period.fiscal_year_start, "end": period.end},
+        ).result_rows
+    }
+    return Usage(period, months, model_tokens, period_users, first_active)
+
+
+# ---------------------------------------------------------------------------------
+# Pricing (pure)
+
+
+def price_statement(usage: Usage, book: PriceBook) -> Statement:
+    period = usage.period
+    by_key: dict[LineKey, list[MonthQuantities]] = defaultdict(list)
+    for quantities in usage.months:
+        by_key[quantities.key].append(quantities)
+    tokens_by_key: dict[LineKey, list[ModelTokens]] = defaultdict(list)
+    for tokens in usage.model_tokens:
+        tokens_by_key[tokens.key].append(tokens)
+    unexpected = set(tokens_by_key) - set(by_key)
+    if unexpected:
+        tenant, agency, _ = sorted(unexpected)[0]
+        raise BillingError(
+            f"{period.label}: the model rollup has tokens for {tenant}/{agency} that the "
+            "agency rollup lacks; a flush is only partly applied: start the worker once "
+            "(recovery re-applies it) and bill again"
+        )
+    lines = [
+        _price_line(period, key, by_key[key], tokens_by_key.get(key, []), usage, book)
+        for key in sorted(by_key)
+    ]
+    return Statement(period, tuple(lines), book.sha256)
+
+
+def _price_line(
+    period: Period,
+    key: LineKey,
+    months: list[MonthQuantities],
+    model_tokens: list[ModelTokens],
+    usage: Usage,
+    book: PriceBook,
+) -> StatementLine:
+    tenant, agency_id, agency_level = key
+    tokens_in = sum(m.tokens_in for m in months)
+    tokens_out = sum(m.tokens_out for m in months)
+    if (sum(t.tokens_in for t in model_tokens), sum(t.tokens_out for t in model_tokens)) != (
+        tokens_in,
+        tokens_out,
+    ):
+        raise BillingError(
+            f"{period.label}: tokens per model for {tenant}/{agency_id} do not add up to the "
+            "agency rollup; a flush is only partly applied: start the worker once "
+            "(recovery re-applies it) and bill again"
+        )
+    with localcontext() as context:
+        context.prec = 60  # far beyond any product of token counts and prices: exact
+        charge, units, kinds = Decimal(0), 0, []
+        for quantities in months:
+            plan = book.plan_for(tenant, quantities.month)
+            if plan.kind not in kinds:
+                kinds.append(plan.kind)
+            if plan.kind == "per_active_user_month":
+                units += quantities.active_users
+                charge += plan.price_usd * quantities.active_users
+            elif usage.first_active_month.get(key) == quantities.month:
+                units += 1
+                charge += plan.price_usd
+        list_value = Decimal(0)
+        per_model: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for tokens in model_tokens:
+            price = book.price_for(tokens.model, tokens.month)
+            list_value += (
+                tokens.tokens_in * price.input_per_million_usd
+                + tokens.tokens_out * price.output_per_million_usd
+            ) / MILLION
+            per_model[tokens.model][0] += tokens.tokens_in
+            per_model[tokens.model][1] += tokens.tokens_out
+        charge_usd, list_value_usd = to_cents(charge), to_cents(list_value)
+    return StatementLine(
+        period=period.label,
+        month=period.start if period.kind == "month" else None,
+        tenant=tenant,
+        agency_id=agency_id,
+        agency_level=agency_level,
+        messages=sum(m.messages for m in months),
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        active_users=usage.period_users.get(key, 0),
+        plan="+".join(kinds),
+        billable_units=units,
+        charge_usd=charge_usd,
+        list_value_usd=list_value_usd,
+        models=tuple((model, v[0], v[1]) for model, v in sorted(per_model.items())),
+    )

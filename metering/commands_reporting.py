@@ -1,0 +1,312 @@
+"""The billing and oversight commands: `bill`, `reconcile`, `report adoption`, `access`.
+
+`metering.cli` adds them with `add_reporting_commands` and runs them with
+`run_reporting_command`; `python -m metering.commands_reporting ...` runs them alone.
+Each command opens the store, does its work and closes it (the embedded store can be
+open in one process at a time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import secrets
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from metering.billing.periods import Period, PeriodError, fiscal_quarter, fiscal_year, month
+from metering.settings import Settings, SettingsError, load_settings
+
+__all__ = ["COMMANDS", "add_reporting_commands", "main", "run_reporting_command"]
+
+COMMANDS: Final = ("bill", "reconcile", "report", "access")
+
+
+def _period_type(parse: Any) -> Any:
+    def convert(text: str) -> Period:
+        try:
+            period: Period = parse(text)
+        except PeriodError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return period
+
+    return convert
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clickhouse-url",
+        dest="clickhouse_url",
+        help="chdb://PATH or http(s)://user:pass@host:8123 (env CLICKHOUSE_URL)",
+    )
+
+
+def _period_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--month", dest="period", type=_period_type(month), help="a UTC calendar month, YYYY-MM"
+    )
+    group.add_argument(
+        "--fiscal-year",
+        dest="period",
+        type=_period_type(fiscal_year),
+        help="a federal fiscal year, e.g. 2027 (2026-10-01 .. 2027-09-30)",
+    )
+    group.add_argument(
+        "--fiscal-quarter",
+        dest="period",
+        type=_period_type(fiscal_quarter),
+        help="a federal fiscal quarter, e.g. 2027Q1 (October to December 2026)",
+    )
+
+
+def add_reporting_commands(subparsers: Any) -> None:
+    """Add `bill`, `reconcile`, `report` and `access` to a `metering` subparsers object."""
+    bill = subparsers.add_parser("bill", help="price a period and record the billing run")
+    _store_option(bill)
+    _period_options(bill)
+    bill.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    bill.add_argument("--out", type=Path, help="write the statement here instead of stdout")
+    bill.add_argument(
+        "--price-book", type=Path, help="price book TOML (default: metering/billing/pricebook.toml)"
+    )
+    bill.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="compute and compare with the latest run, record nothing",
+    )
+
+    reconcile = subparsers.add_parser(
+        "reconcile", help="prove events counted = rollup totals = billed quantities"
+    )
+    _store_option(reconcile)
+    _period_options(reconcile)
+    reconcile.add_argument("--format", choices=("table", "json"), default="table")
+
+    report = subparsers.add_parser("report", help="oversight reports")
+    reports = report.add_subparsers(dest="report", required=True)
+    adoption = reports.add_parser("adoption", help="adoption per tenant, level, agency, model, day")
+    _store_option(adoption)
+    _period_options(adoption)
+    adoption.add_argument("--agency", help="limit every figure to this agency id")
+    adoption.add_argument("--format", choices=("table", "json", "csv", "html"), default="table")
+    adoption.add_argument("--out", type=Path, help="write the report here instead of stdout")
+    adoption.add_argument(
+        "--min-cell-users",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="suppress figures describing fewer than N active users (10)",
+    )
+    adoption.add_argument(
+        "--top", type=_positive_int, default=10, help="agencies ranked per tenant (10)"
+    )
+
+    access = subparsers.add_parser("access", help="agency-scoped read-only ClickHouse access")
+    kinds = access.add_subparsers(dest="access", required=True)
+    agency_user = kinds.add_parser("agency-user", help="SQL for one agency's read-only user")
+    _store_option(agency_user)
+    agency_user.add_argument("--agency", required=True)
+    agency_user.add_argument(
+        "--password-sha256",
+        metavar="HEX",
+        help="sha256 of the user's password (default: a placeholder; "
+        "with --apply, a random password printed once)",
+    )
+    agency_user.add_argument(
+        "--apply",
+        action="store_true",
+        help="run the SQL on the ClickHouse server in CLICKHOUSE_URL",
+    )
+
+
+def run_reporting_command(args: argparse.Namespace, settings: Settings) -> int | None:
+    """Run one of COMMANDS; None when `args.command` is not one of them."""
+    if args.command not in COMMANDS:
+        return None
+    from metering.billing.pricebook import PriceBookError
+    from metering.billing.statements import BillingError
+    from metering.oversight.access import AccessError
+
+    try:
+        if args.command == "bill":
+            return _bill(args, settings)
+        if args.command == "reconcile":
+            return _reconcile(args, settings)
+        if args.command == "report":
+            return _report(args, settings)
+        return _access(args, settings)
+    except (PriceBookError, BillingError, AccessError) as error:
+        print(f"metering {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+def _open(settings: Settings) -> Any:
+    from metering.migrations import apply_migrations
+    from metering.store import connect
+
+    client = connect(settings.clickhouse_url)
+    apply_migrations(client)
+    return client
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+
+
+def _bill(args: argparse.Namespace, settings: Settings) -> int:
+    from metering.billing.pricebook import load_price_book
+    from metering.billing.render import render_statement, summarise_outcome
+    from metering.billing.runs import bill_statement
+    from metering.billing.statements import (
+        BillingError,
+        price_statement,
+        read_usage,
+        unapplied_flushes,
+    )
+
+    period: Period = args.period
+    book = load_price_book(args.price_book)
+    client = _open(settings)
+    try:
+        pending = unapplied_flushes(client)
+        if pending:
+            raise BillingError(
+                f"{pending} committed flush(es) are not yet folded into the rollups; start "
+                "the worker once (recovery applies them), then bill again"
+            )
+        statement = price_statement(read_usage(client, period), book)
+        if not statement.lines:
+            print(f"no counted usage in {period.describe()}: nothing to bill, nothing recorded")
+            return 0
+        outcome = bill_statement(client, statement, now=datetime.now(UTC), record=not args.dry_run)
+    finally:
+        client.close()
+    _emit(render_statement(outcome, args.format, book.source), args.out)
+    notes = summarise_outcome(outcome)
+    if period.end > datetime.now(UTC).date():
+        notes.append(f"note: {period.label} is not over yet; this statement is provisional")
+    summary = sys.stdout if args.out is not None else sys.stderr
+    for note in notes:
+        print(note, file=summary)
+    return 0
+
+
+def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from metering.billing.reconcile import reconcile
+    from metering.billing.render import render_reconciliation
+
+    client = _open(settings)
+    try:
+        result = reconcile(client, args.period)
+    finally:
+        client.close()
+    print(render_reconciliation(result, args.format))
+    return 0 if result.ok else 1
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from metering.oversight.access import agency_user_name
+    from metering.oversight.adoption import read_adoption
+    from metering.oversight.render_html import render_html
+    from metering.oversight.render_text import render_csv, render_json, render_table
+    from metering.oversight.suppression import publish
+
+    if args.agency is not None:
+        agency_user_name(args.agency)  # validates the id
+    client = _open(settings)
+    try:
+        adoption = read_adoption(client, args.period, args.agency)
+    finally:
+        client.close()
+    report = publish(adoption, args.min_cell_users, args.top)
+    renderers = {"table": render_table, "json": render_json, "csv": render_csv, "html": render_html}
+    _emit(renderers[args.format](report), args.out)
+    if args.out is not None:
+        print(f"wrote {args.format} report for {args.period.label} to {args.out}")
+    return 0
+
+
+def _access(args: argparse.Namespace, settings: Settings) -> int:
+    from metering.oversight.access import agency_user_sql, sql_statements
+    from metering.store import describe_store
+
+    if not args.apply:
+        sys.stdout.write(agency_user_sql(args.agency, args.password_sha256))
+        return 0
+    if settings.clickhouse_url.startswith("chdb://"):
+        print(
+            f"metering access: {describe_store(settings.clickhouse_url)} has no access control "
+            "(no users, roles, quotas or row policies): nothing applied. Run the SQL printed "
+            "without --apply on a ClickHouse server, or set CLICKHOUSE_URL=http(s)://... to a "
+            "server and a user allowed to manage access.",
+            file=sys.stderr,
+        )
+        return 2
+    password = None
+    digest = args.password_sha256
+    if digest is None:
+        password = secrets.token_urlsafe(24)
+        digest = hashlib.sha256(password.encode()).hexdigest()
+    sql = agency_user_sql(args.agency, digest)
+    from metering.store import connect
+
+    client = connect(settings.clickhouse_url)
+    try:
+        for statement in sql_statements(sql):
+            client.command(statement)
+    finally:
+        client.close()
+    print(f"applied {len(sql_statements(sql))} statements for agency {args.agency}")
+    if password is not None:
+        print(f"password (shown once, hand it over securely): {password}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metering", description="Billing and oversight on the metering rollups."
+    )
+    add_reporting_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(clickhouse_url=getattr(args, "clickhouse_url", None))
+        result = run_reporting_command(args, settings)
+        return 0 if result is None else result
+    except SettingsError as error:
+        print(f"metering {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        from metering.errors import explain
+
+        message = explain(error)
+        if message is None:
+            raise
+        print(f"metering {args.command}: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Adoption figures for oversight reports, read from the rollups for one period.
+
+Every figure is an aggregate over agencies, levels, models or days; nothing here
+reads or returns a per-user figure (user ids stay inside the uniqExact states).
+Distinct users over the period are merged from the daily states, never summed.
+With an agency scope, every query is limited to that agency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Final
+
+from clickhouse_connect.driver.client import Client
+
+from metering.billing.periods import Period
+
+__all__ = ["LEVEL_ORDER", "Adoption", "UsageRow", "read_adoption"]
+
+LEVEL_ORDER: Final = ("federal", "state", "local")
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    tenant: str
+    key: str  # "" for a tenant total, else the level, agency_id, model or ISO day
+    agency_level: str  # the agency's level on agency rows, else ""
+    agencies: int
+    active_users: int
+    messages: int
+    tokens_in: int
+    tokens_out: int
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+
+@dataclass(frozen=True)
+class Adoption:
+    period: Period
+    agency: str | None
+    tenants: tuple[UsageRow, ...]
+    levels: tuple[UsageRow, ...]
+    agencies: tuple[UsageRow, ...]
+    models: tuple[UsageRow, ...]
+    days: tuple[UsageRow, ...]
+    data_through: date | None  # the latest day with counted usage in the store
+
+    def trend_days(self) -> list[date]:
+        """The period's days up to the latest day with data: later days are not yet known."""
+        last = self.period.last_day
+        if self.data_through is not None and self.data_through < last:
+            last = self.data_through
+        return [
+            date.fromordinal(n) for n in range(self.period.start.toordinal(), last.toordinal() + 1)
+        ]
+
+
+# Each query reads one tenant-period range of a rollup's sort key and groups it.
+# `{agency:String}` is '' for every agency, else the one agency in scope (agency ids
+# are never empty). Measures: agencies with usage, distinct users (merged states),
+# messages and tokens.
+_MEASURES: Final = """
+       uniqExact(agency_id)  AS agencies,
+       uniqExactMerge(users) AS active_users,
+       sum(messages)         AS messages,
+       sum(tokens_in)        AS tokens_in,
+       sum(tokens_out)       AS tokens_out"""
+
+_SCOPE: Final = """
+WHERE day >= {start:Date} AND day < {end:Date}
+  AND ({agency:String} = '' OR agency_id = {agency:String})"""
+
+# Per tenant.
+_TENANTS_SQL: Final = f"""
+SELECT tenant, '' AS key, '' AS level,{_MEASURES}
+FROM metering.agency_daily_rollup{_SCOPE}
+GROUP BY tenant
+ORDER BY tenant
+"""
+
+# Per tenant and level of government.
+_LEVELS_SQL: Final = f"""
+SELECT tenant, agency_level AS key, '' AS level,{_MEASURES}
+FROM metering.agency_daily_rollup{_SCOPE}
+GROUP BY tenant, agency_level
+ORDER BY tenant, key
+"""
+
+# Per tenant and agency (the report ranks the top ones).
+_AGENCIES_SQL: Final = f"""
+SELECT tenant, agency_id AS key, agency_level AS level,{_MEASURES}
+FROM metering.agency_daily_rollup{_SCOPE}
+GROUP BY tenant, agency_id, agency_level
+ORDER BY tenant, messages DESC, key
+"""
+
+# Per tenant and model, from the model rollup (same totals, another key).
+_MODELS_SQL: Final = f"""
+SELECT tenant, model AS key, '' AS level,{_MEASURES}
+FROM metering.model_daily_rollup{_SCOPE}
+GROUP BY tenant, model
+ORDER BY tenant, tokens_in + tokens_out DESC, key
+"""
+
+# Per tenant and UTC day: the trend over the period.
+_DAYS_SQL: Final = f"""
+SELECT tenant, toString(day) AS key, '' AS level,{_MEASURES}
+FROM metering.agency_daily_rollup{_SCOPE}
+GROUP BY tenant, day
+ORDER BY tenant, day
+"""
+
+
+# The latest day with counted usage, any tenant or agency: days after it are not
+# zero usage, they are not known yet, so trend charts stop there.
+_DATA_THROUGH_SQL: Final = "SELECT max(day) FROM metering.agency_daily_rollup"
+
+
+def read_adoption(client: Client, period: Period, agency: str | None) -> Adoption:
+    parameters = {"start": period.start, "end": period.end, "agency": agency or ""}
+
+    def rows(sql: str) -> tuple[UsageRow, ...]:
+        return tuple(_row(r) for r in client.query(sql, parameters=parameters).result_rows)
+
+    levels = sorted(
+        rows(_LEVELS_SQL),
+        key=lambda r: (r.tenant, LEVEL_ORDER.index(r.key) if r.key in LEVEL_ORDER else 9, r.key),
+    )
+    latest = client.query(_DATA_THROUGH_SQL).result_rows[0][0]
+    return Adoption(
+        period=period,
+        agency=agency,
+        tenants=rows(_TENANTS_SQL),
+        levels=tuple(levels),
+        agencies=rows(_AGENCIES_SQL),
+        models=rows(_MODELS_SQL),
+        days=rows(_DAYS_SQL),
+        data_through=latest if isinstance(latest, date) and latest.year > 1970 else None,
+    )
+
+
+def _row(values: Sequence[Any]) -> UsageRow:
+    return UsageRow(
+        tenant=str(values[0]),
+        key=str(values[1]),
+        agency_level=str(values[2]),
+        agencies=int(values[3]),
+        active_users=int(values[4]),
+        messages=int(values[5]),
+        tokens_in=int(values[6]),
+        tokens_out=int(values[7]),
+    )
