@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         help="exit 0 once everything is flushed and nothing arrived for SECONDS",
     )
     worker.add_argument(
+        "--role",
+        choices=("all", "processor", "store-owner"),
+        default="all",
+        help="all: one process does everything (default); processor: classify and relay "
+        "flush packages (any number); store-owner: the one process writing the store",
+    )
+    worker.add_argument(
         "--consumer-group",
         dest="consumer_group",
         help="consumer group (env METERING_CONSUMER_GROUP)",
@@ -103,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="create or update the ClickHouse tables")
     _common(migrate)
+
+    from metering.commands_reporting import add_reporting_commands
+
+    add_reporting_commands(commands)
     return parser
 
 
@@ -135,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from metering.commands_reporting import run_reporting_command
+
+    reported = run_reporting_command(args, settings)
+    if reported is not None:
+        return reported
     command = args.command
     if command == "replay":
         from metering.progress import Progress
@@ -150,8 +166,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "worker":
         from metering.worker import run_worker
 
-        summary = run_worker(settings, until_idle=args.until_idle)
+        summary = run_worker(settings, until_idle=args.until_idle, role=args.role)
         metrics = summary.metrics
+        if args.role == "processor":
+            print(
+                f"processor: {metrics['events_in']} messages relayed in {summary.seconds:.1f}s "
+                f"in {metrics['flushes']} batches"
+            )
+            return 0
         print(
             f"worker: {metrics['events_in']} messages in {summary.seconds:.1f}s; counted "
             f"{metrics['counted']}, duplicates {metrics['duplicates']}, rejected "

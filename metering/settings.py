@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     dlq_topic: Annotated[
         str, Field(validation_alias=_env("METERING_DLQ_TOPIC"), pattern=r"^[A-Za-z0-9._-]+$")
     ] = "usage.events.dlq"
+    relay_topic: Annotated[
+        str, Field(validation_alias=_env("METERING_RELAY_TOPIC"), pattern=r"^[A-Za-z0-9._-]+$")
+    ] = "usage.events.flushes"
     clickhouse_url: Annotated[str, Field(validation_alias=_env("CLICKHOUSE_URL"))] = (
         "chdb://./var/clickhouse"
     )

@@ -34,7 +34,7 @@ def _admin(settings: Settings) -> KafkaAdminClient:
 
 
 def ensure_topics(settings: Settings) -> None:
-    """Create the events and DLQ topics if missing (partitions from settings)."""
+    """Create the events, dead-letter and relay topics if missing."""
     admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
@@ -43,6 +43,9 @@ def ensure_topics(settings: Settings) -> None:
             for name in (settings.events_topic, settings.dlq_topic)
             if name not in existing
         ]
+        if settings.relay_topic not in existing:
+            # One partition: the store owner must see every package in one order.
+            wanted.append(NewTopic(settings.relay_topic, num_partitions=1, replication_factor=1))
         if wanted:
             try:
                 admin.create_topics(wanted)

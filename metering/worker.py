@@ -13,9 +13,10 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from faust.types import TP
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.structs import TopicPartition
 
 from metering.migrations import apply_migrations
@@ -23,15 +24,21 @@ from metering.settings import Settings
 from metering.store import connect, describe_store
 from metering.topics import ensure_topics
 from streams import ledger_sql
-from streams.app import FaustDeadLetterPublisher, attach_pipeline, build_app
+from streams.app import (
+    FaustDeadLetterPublisher,
+    FaustPackagePublisher,
+    attach_pipeline,
+    build_app,
+)
 from streams.faults import FaultPlan
 from streams.metrics import Metrics
 from streams.pipeline import MeteringPipeline
 from streams.positions import Positions
 from streams.recovery import recover
+from streams.relay import NoDeadLetters, ProcessorPipeline, StoreOwnerPipeline
 from streams.sink import ClickHouseSink
 
-__all__ = ["WorkerSummary", "run_worker"]
+__all__ = ["ROLES", "WorkerSummary", "run_worker"]
 
 log = logging.getLogger("govmeter.worker")
 
@@ -42,55 +49,79 @@ class WorkerSummary:
     metrics: dict[str, object]
 
 
-def run_worker(settings: Settings, until_idle: float | None = None) -> WorkerSummary:
-    return asyncio.run(_run(settings, until_idle))
+ROLES = ("all", "processor", "store-owner")
 
 
-async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
+def run_worker(
+    settings: Settings, until_idle: float | None = None, role: str = "all"
+) -> WorkerSummary:
+    if role not in ROLES:
+        raise ValueError(f"--role must be one of {', '.join(ROLES)}")
+    return asyncio.run(_run(settings, until_idle, role))
+
+
+async def _run(settings: Settings, until_idle: float | None, role: str) -> WorkerSummary:
     started = time.monotonic()
-    client = connect(settings.clickhouse_url)
-    apply_migrations(client)
-    state = recover(client)
-    log.info(
-        "store ready",
-        extra={
-            "store": describe_store(settings.clickhouse_url),
-            "next_flush_seq": state.next_flush_seq,
-            "orphan_rows_deleted": state.orphan_rows_deleted,
-            "flushes_reapplied": state.flushes_reapplied,
-        },
-    )
     ensure_topics(settings)
-
     metrics = Metrics()
-    app = build_app(settings)
     worker_name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    sink = ClickHouseSink(
-        client,
-        FaustDeadLetterPublisher(app, settings.dlq_topic),
-        next_flush_seq=state.next_flush_seq,
-        worker=worker_name,
-        retry_max_seconds=settings.store_retry_max_seconds,
-        faults=FaultPlan.from_environment(),
-        metrics=metrics,
-    )
+    sink: ClickHouseSink | None = None
+    client = None
+    pipeline: Any
 
-    async def seek(topic: str, partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(topic, partition), offset)
+    if role == "processor":
+        app = build_app(settings)
+        pipeline = ProcessorPipeline(
+            FaustDeadLetterPublisher(app, settings.dlq_topic),
+            FaustPackagePublisher(app, settings.relay_topic),
+            metrics,
+        )
+        attach_pipeline(app, settings, pipeline)
+    else:
+        client = connect(settings.clickhouse_url)
+        apply_migrations(client)
+        state = recover(client)
+        log.info(
+            "store ready",
+            extra={
+                "store": describe_store(settings.clickhouse_url),
+                "role": role,
+                "next_flush_seq": state.next_flush_seq,
+                "orphan_rows_deleted": state.orphan_rows_deleted,
+                "flushes_reapplied": state.flushes_reapplied,
+            },
+        )
+        app = build_app(
+            settings,
+            group=settings.consumer_group if role == "all" else f"{settings.consumer_group}-store",
+        )
+        sink = ClickHouseSink(
+            client,
+            FaustDeadLetterPublisher(app, settings.dlq_topic) if role == "all" else NoDeadLetters(),
+            next_flush_seq=state.next_flush_seq,
+            worker=worker_name,
+            retry_max_seconds=settings.store_retry_max_seconds,
+            faults=FaultPlan.from_environment(),
+            metrics=metrics,
+        )
+        positions = Positions(state.resume_offsets)
+        if role == "all":
 
-    async def earliest_offset(topic: str, partition: int) -> int:
-        tp = TP(topic, partition)
-        offsets = await app.consumer.earliest_offsets(tp)
-        return int(offsets.get(tp, 0))
+            async def seek(topic: str, partition: int, offset: int) -> None:
+                await app.consumer.seek(TP(topic, partition), offset)
 
-    pipeline = MeteringPipeline(
-        sink,
-        Positions(state.resume_offsets),
-        metrics,
-        seek=seek,
-        earliest_offset=earliest_offset,
-    )
-    attach_pipeline(app, settings, pipeline)
+            async def earliest_offset(topic: str, partition: int) -> int:
+                tp = TP(topic, partition)
+                offsets = await app.consumer.earliest_offsets(tp)
+                return int(offsets.get(tp, 0))
+
+            pipeline = MeteringPipeline(
+                sink, positions, metrics, seek=seek, earliest_offset=earliest_offset
+            )
+            attach_pipeline(app, settings, pipeline)
+        else:
+            pipeline = StoreOwnerPipeline(sink, positions, metrics)
+            attach_pipeline(app, settings, pipeline, topic_name=settings.relay_topic)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,27 +131,71 @@ async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
     await app.start()
     log.info(
         "worker consuming",
-        extra={"topic": settings.events_topic, "group": settings.consumer_group},
+        extra={"role": role, "topic": settings.events_topic, "group": app.conf.id},
     )
     watcher = None
     if until_idle is not None:
-        watcher = asyncio.create_task(_stop_when_idle(settings, pipeline, sink, until_idle, stop))
+        if sink is not None:
+            watcher = asyncio.create_task(
+                _stop_when_idle(settings, pipeline, sink, until_idle, stop)
+            )
+        else:
+            watcher = asyncio.create_task(
+                _stop_processor_when_idle(settings, pipeline, until_idle, stop)
+            )
     await stop.wait()
     while pipeline.busy:
         await asyncio.sleep(0.05)
     await app.stop()
     if watcher is not None:
         watcher.cancel()
-    sink.close()
-    client.close()
+    if sink is not None:
+        sink.close()
+    if client is not None:
+        client.close()
     summary = WorkerSummary(time.monotonic() - started, metrics.summary())
     log.info("worker stopped", extra={"seconds": round(summary.seconds, 3), **summary.metrics})
     return summary
 
 
+async def _stop_processor_when_idle(
+    settings: Settings, pipeline: Any, idle_seconds: float, stop: asyncio.Event
+) -> None:
+    """A processor is done once its group committed every offset and nothing arrives."""
+    loop = asyncio.get_running_loop()
+    probe = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        enable_auto_commit=False,
+        client_id="govmeter-idle-probe",
+    )
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
+    try:
+        while True:
+            await asyncio.sleep(min(0.5, idle_seconds / 2 or 0.1))
+            if pipeline.busy or time.monotonic() - pipeline.last_activity < idle_seconds:
+                continue
+            ends = await loop.run_in_executor(None, _end_offsets, probe, settings.events_topic)
+            group = settings.consumer_group
+            committed = await loop.run_in_executor(None, admin.list_group_offsets, group)
+            offsets = {
+                tp.partition: meta.offset
+                for tp, meta in committed.get(group, {}).items()
+                if tp.topic == settings.events_topic
+            }
+            if all(
+                end <= earliest or offsets.get(p, -1) >= end for p, (earliest, end) in ends.items()
+            ):
+                log.info("idle and fully relayed; stopping", extra={"idle_seconds": idle_seconds})
+                stop.set()
+                return
+    finally:
+        probe.close()
+        admin.close()
+
+
 async def _stop_when_idle(
     settings: Settings,
-    pipeline: MeteringPipeline,
+    pipeline: Any,
     sink: ClickHouseSink,
     idle_seconds: float,
     stop: asyncio.Event,

@@ -7,22 +7,26 @@ never pass what the ledger holds).
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 
 from metering.settings import Settings
 from streams.batch import SourceMessage
 from streams.dead_letter import DeadLetter
-from streams.pipeline import MeteringPipeline
+
+log = logging.getLogger("govmeter.app")
 
 __all__ = [
+    "BatchHandler",
     "FaustDeadLetterPublisher",
+    "FaustPackagePublisher",
     "attach_pipeline",
     "broker_urls",
     "build_app",
-    "events_topic",
 ]
 
 
@@ -32,9 +36,9 @@ def broker_urls(bootstrap_servers: str) -> list[str]:
     ]
 
 
-def build_app(settings: Settings) -> faust.App:
+def build_app(settings: Settings, group: str | None = None) -> faust.App:
     app = faust.App(
-        settings.consumer_group,
+        group or settings.consumer_group,
         broker=broker_urls(settings.kafka_bootstrap_servers),
         store="memory://",
         autodiscover=False,
@@ -62,24 +66,39 @@ def build_app(settings: Settings) -> faust.App:
     return app
 
 
-def events_topic(app: faust.App, settings: Settings) -> Any:
-    return app.topic(
-        settings.events_topic,
+class BatchHandler(Protocol):
+    async def handle(self, messages: Sequence[SourceMessage]) -> object: ...
+
+
+def attach_pipeline(
+    app: faust.App, settings: Settings, pipeline: BatchHandler, topic_name: str | None = None
+) -> None:
+    """Subscribe one agent to a topic (default: the events topic) feeding the pipeline.
+
+    Faust acknowledges a batch only after `handle` returned. If `handle` raises, the
+    process exits at once with status 70: letting faust unwind would acknowledge
+    messages nobody persisted (its batching acknowledges on the way out).
+    """
+    topic = app.topic(
+        topic_name or settings.events_topic,
         key_serializer="raw",
         value_serializer="raw",
         internal=False,
     )
 
-
-def attach_pipeline(app: faust.App, settings: Settings, pipeline: MeteringPipeline) -> None:
-    """Subscribe one agent to the events topic that feeds batches to the pipeline."""
-    topic = events_topic(app, settings)
-
     async def meter(stream: Any) -> None:
         async for events in stream.take_events(
             settings.batch_max_events, within=settings.batch_max_seconds
         ):
-            await pipeline.handle([_source_message(event.message) for event in events])
+            try:
+                await pipeline.handle([_source_message(event.message) for event in events])
+            except Exception as error:
+                log.critical(
+                    "pipeline failed; exiting without acknowledging the batch",
+                    extra={"error": type(error).__name__, "error_message": str(error)[:500]},
+                )
+                logging.shutdown()
+                os._exit(70)
 
     app.agent(topic, name="govmeter.meter", concurrency=1)(meter)
 
@@ -95,6 +114,24 @@ def _source_message(message: Any) -> SourceMessage:
         key=message.key,
         value=bytes(value),
     )
+
+
+class FaustPackagePublisher:
+    """Publishes flush packages to the relay topic and waits for every ack."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self._app = app
+        self._topic = topic
+
+    async def __call__(self, packages: Sequence[tuple[bytes, bytes]]) -> None:
+        producer = self._app.producer
+        pending = [
+            await producer.send(self._topic, key, value, None, None, None)
+            for key, value in packages
+        ]
+        await producer.flush()
+        for delivery in pending:
+            await delivery
 
 
 class FaustDeadLetterPublisher:

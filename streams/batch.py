@@ -19,6 +19,7 @@ __all__ = [
     "RejectedMessage",
     "SourceMessage",
     "ValidMessage",
+    "assemble_batch",
     "classify_batch",
 ]
 
@@ -32,6 +33,12 @@ class SourceMessage:
     offset: int
     key: bytes | None
     value: bytes
+    # Set when the bytes themselves are not carried (a message relayed in a flush package).
+    value_size: int | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.value) if self.value_size is None else self.value_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +84,17 @@ class ClassifiedBatch:
 
 def classify_batch(messages: Iterable[SourceMessage]) -> ClassifiedBatch:
     """Classify every message, drop repeats of an event_id within the batch."""
+    ordered = sorted(messages, key=lambda m: (m.topic, m.partition, m.offset))
+    return assemble_batch((message, classify(message.value)) for message in ordered)
+
+
+def assemble_batch(
+    outcomes: Iterable[tuple[SourceMessage, UsageEvent | Rejection]],
+) -> ClassifiedBatch:
+    """Build a flush from classified messages given in (topic, partition, offset) order."""
     batch = ClassifiedBatch()
     seen_ids: set[str] = set()
-    for message in sorted(messages, key=lambda m: (m.topic, m.partition, m.offset)):
+    for message, outcome in outcomes:
         key = (message.topic, message.partition)
         partition_range = batch.ranges.get(key)
         if partition_range is None:
@@ -89,7 +104,6 @@ def classify_batch(messages: Iterable[SourceMessage]) -> ClassifiedBatch:
             batch.ranges[key] = partition_range
         partition_range.last_offset = message.offset
         partition_range.messages += 1
-        outcome = classify(message.value)
         if isinstance(outcome, Rejection):
             batch.rejected.append(RejectedMessage(message, outcome))
             partition_range.rejected += 1

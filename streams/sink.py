@@ -312,6 +312,6 @@ def _rejection_row(rejected: Any, seq: int, now: datetime) -> list[Any]:
         source.topic,
         source.partition,
         source.offset,
-        len(source.value),
+        source.size,
         seq,
     ]

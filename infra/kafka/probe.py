@@ -10,6 +10,7 @@ Speaks the Kafka wire protocol directly:
 Usage: probe.py HOST PORT [--timeout SECONDS] [--node-id ID] [--verbose]
 Exit status 0 when ready, 1 otherwise.
 """
+
 import argparse
 import socket
 import struct
@@ -53,7 +54,7 @@ def _read_string(buf, off):
     off += 2
     if n < 0:
         return None, off
-    return buf[off:off + n].decode("utf-8", "replace"), off + n
+    return buf[off : off + n].decode("utf-8", "replace"), off + n
 
 
 def api_versions(sock):

@@ -63,11 +63,12 @@ summary { cursor: pointer; font-weight: 600; }
 .tables { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 18px;
           margin-top: 10px; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
-th, td { padding: 4px 8px; border-bottom: 1px solid var(--rule); text-align: left; }
+th, td { padding: 4px 8px; border-bottom: 1px solid var(--rule); text-align: left;
+         white-space: nowrap; }
 th { background: var(--panel); font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.suppressed { color: var(--muted); font-style: italic; }
-.wrap { overflow-wrap: anywhere; }
+td.wrap { white-space: normal; overflow-wrap: anywhere; }
 """
 
 _HATCH: Final = (
@@ -221,9 +222,10 @@ def _td(value: str, *, numeric: bool) -> str:
         classes.append("num")
     if value in ("s", "c") or value.startswith("<"):
         classes.append("suppressed")
-    if not numeric:
+    if len(value) > 20:  # long agency ids and model names may wrap; nothing else does
         classes.append("wrap")
-    return f'<td class="{" ".join(classes)}">{escape(value)}</td>'
+    attribute = f' class="{" ".join(classes)}"' if classes else ""
+    return f"<td{attribute}>{escape(value)}</td>"
 
 
 # ---------------------------------------------------------------------------------

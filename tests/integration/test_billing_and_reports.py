@@ -134,6 +134,13 @@ def check_statement(statement: dict[str, Any], month: str) -> None:
 def test_statements_runs_restatement_and_reconciliation(
     corpus: MeteringRun, tmp_path: Path
 ) -> None:
+    # A model the price book does not know stops billing, naming the model and the file.
+    book = tmp_path / "pricebook.toml"
+    book.write_text(PRICE_BOOK.read_text().replace('model = "gpt-5"\n', 'model = "gpt-5x"\n'))
+    refused = reporting(corpus, "bill", "--month", "2026-10", "--price-book", str(book))
+    assert refused.returncode == 1
+    assert f"{book}: no list price for model 'gpt-5' (used in 2026-10)" in refused.stderr
+
     october, stderr = bill(corpus, "--month", "2026-10")
     assert october["status"] == "recorded" and october["run_id"] == "2026-10-v1"
     assert "recorded run 2026-10-v1 (version 1)" in stderr

@@ -36,7 +36,9 @@ def assert_exact(run: MeteringRun) -> None:
     assert run.rejected_by_reason() == golden["rejected"]
     ledger = run.query("SELECT sum(messages) AS m FROM metering.flush_ledger")[0]["m"]
     assert ledger == golden["lines"]
-    counted = run.query("SELECT count() AS n, uniqExact(event_id) AS u FROM metering.counted_events")
+    counted = run.query(
+        "SELECT count() AS n, uniqExact(event_id) AS u FROM metering.counted_events"
+    )
     assert counted == [{"n": golden["valid_counted"], "u": golden["valid_counted"]}]
 
 
@@ -175,7 +177,7 @@ def test_broker_restart_mid_stream_is_exact(own_broker: dict[str, str], tmp_path
     subprocess.run([str(ROOT / "infra/kafka/stop")], env=broker_env, check=True)
     time.sleep(2.0)
     subprocess.run([str(ROOT / "infra/kafka/start")], env=broker_env, check=True)
-    output, _ = process.communicate(timeout=240)
+    process.communicate(timeout=240)
     if process.returncode != 0:
         # A supervisor restarts a worker that gave up on the broker; nothing may be lost.
         again = run.worker(extra_env=SMALL_BATCHES)

@@ -1,0 +1,139 @@
+"""Scale-out on the embedded store: processors relay packages, one store owner writes.
+
+    processor (any number, one consumer group on the events topic):
+      1. classify the batch            2. publish its dead letters, wait for acks
+      3. publish one flush package per source partition, wait for acks
+      then faust acknowledges the source messages (offsets trail the packages).
+    store owner (exactly one; it owns the embedded store):
+      reads packages in order from a one-partition topic, admits each message by
+      the ledger position of its SOURCE partition (skipping what is already
+      counted), and flushes through the same sink as the single-process worker.
+
+A processor that dies after step 3 but before its offsets are committed makes a
+peer publish the same offsets again: the owner skips them by the ledger. The owner
+never sees a gap, because a processor commits only what it published; if one
+appears anyway the owner stops rather than count around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+
+from schemas.events import UsageEvent
+from schemas.rejections import Rejection, classify
+from streams.batch import RejectedMessage, SourceMessage, assemble_batch
+from streams.dead_letter import DeadLetter, DeadLetterPublisher, dead_letter_for
+from streams.metrics import Metrics
+from streams.packages import decode_package, encode_package
+from streams.positions import Admission, Positions
+from streams.sink import ClickHouseSink, FlushResult
+
+__all__ = ["LedgerGapError", "NoDeadLetters", "ProcessorPipeline", "StoreOwnerPipeline"]
+
+log = logging.getLogger("govmeter.relay")
+
+PublishPackages = Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[None]]
+
+
+class LedgerGapError(RuntimeError):
+    """A package starts beyond the ledger position of its source partition."""
+
+
+class ProcessorPipeline:
+    def __init__(
+        self,
+        dead_letters: DeadLetterPublisher,
+        publish_packages: PublishPackages,
+        metrics: Metrics,
+    ) -> None:
+        self._dead_letters = dead_letters
+        self._publish_packages = publish_packages
+        self.metrics = metrics
+        self.last_activity = time.monotonic()
+        self.busy = False
+
+    async def handle(self, messages: Sequence[SourceMessage]) -> None:
+        self.busy = True
+        try:
+            self.last_activity = time.monotonic()
+            self.metrics.events_in.inc(len(messages))
+            ordered = sorted(messages, key=lambda m: (m.topic, m.partition, m.offset))
+            outcomes = [(m, classify(m.value)) for m in ordered]
+            # 1-2. dead letters first, acknowledged.
+            now = datetime.now(UTC)
+            letters: list[DeadLetter] = []
+            for message, outcome in outcomes:
+                if isinstance(outcome, Rejection):
+                    letters.append(dead_letter_for(RejectedMessage(message, outcome), now))
+                    self.metrics.rejected_by_reason[str(outcome.reason)] += 1
+            if letters:
+                await self._dead_letters.publish(letters)
+            # 3. one package per source partition, acknowledged.
+            by_partition: dict[int, list[tuple[SourceMessage, UsageEvent | Rejection]]] = {}
+            for message, outcome in outcomes:
+                by_partition.setdefault(message.partition, []).append((message, outcome))
+            packages = [
+                (str(partition).encode(), encode_package(items))
+                for partition, items in sorted(by_partition.items())
+            ]
+            await self._publish_packages(packages)
+            self.metrics.flushes.inc()
+            log.info(
+                "batch relayed",
+                extra={
+                    "messages": len(outcomes),
+                    "packages": len(packages),
+                    "partitions": sorted(by_partition),
+                },
+            )
+            self.last_activity = time.monotonic()
+        finally:
+            self.busy = False
+
+
+class StoreOwnerPipeline:
+    def __init__(self, sink: ClickHouseSink, positions: Positions, metrics: Metrics) -> None:
+        self.sink = sink
+        self.positions = positions
+        self.metrics = metrics
+        self.last_activity = time.monotonic()
+        self.busy = False
+
+    async def handle(self, package_messages: Sequence[SourceMessage]) -> FlushResult | None:
+        self.busy = True
+        try:
+            self.last_activity = time.monotonic()
+            admitted: list[tuple[SourceMessage, UsageEvent | Rejection]] = []
+            for package in package_messages:
+                for source, outcome in decode_package(package.value):
+                    self.metrics.events_in.inc()
+                    verdict = self.positions.admit(source.topic, source.partition, source.offset)
+                    if verdict is Admission.NEW:
+                        admitted.append((source, outcome))
+                    elif verdict is Admission.ALREADY_COUNTED:
+                        self.metrics.already_counted_skipped.inc()
+                    else:
+                        raise LedgerGapError(
+                            f"{source.topic}[{source.partition}]: a package starts at offset "
+                            f"{source.offset}, but the ledger expects "
+                            f"{self.positions.next_offset(source.topic, source.partition)}; "
+                            "refusing to count around missing messages"
+                        )
+            if not admitted:
+                return None
+            admitted.sort(key=lambda item: (item[0].topic, item[0].partition, item[0].offset))
+            result = await self.sink.flush(assemble_batch(admitted))
+            self.last_activity = time.monotonic()
+            return result
+        finally:
+            self.busy = False
+
+
+class NoDeadLetters:
+    """The store owner's sink publishes nothing: processors already did."""
+
+    async def publish(self, letters: Sequence[DeadLetter]) -> None:
+        return None
