@@ -132,7 +132,7 @@ def main():
         msg = probe(args.host, args.port, args.timeout, args.node_id)
     except (OSError, ProbeError, struct.error) as exc:
         if args.verbose:
-            print("not ready: %s" % exc, file=sys.stderr)
+            print(f"not ready: {exc}", file=sys.stderr)
         return 1
     if args.verbose:
         print(msg)
