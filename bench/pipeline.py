@@ -215,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"every agency-day, distinct users on {users_scope}",
         "",
         format_table(rows),
+        f"(other load: mean CPUs busy with other processes while the row ran, of "
+        f"{os.cpu_count()}; rows are comparable only when it stays near 0)",
         "",
         format_ratios(ours, [m for m in rows if m.key != "2"]),
     ]

@@ -48,6 +48,7 @@ class RunRecord:
     cpu_seconds: float = 0.0
     max_rss_mb: float = 0.0
     timed_out: bool = False
+    other_cores: float | None = None  # mean CPUs busy with other processes while it ran
     lines: list[LogLine] = field(default_factory=list)
     text_tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
 
@@ -71,6 +72,16 @@ def _cpu_of(pid: int) -> float | None:
         return None
     fields = stat.rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def _machine_busy() -> float | None:
+    """Seconds of CPU time all processes used since boot, from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
 def _line_time(record: dict[str, Any], arrived: float) -> float:
@@ -117,6 +128,7 @@ class Running:
         stdout_path: Path | None = None,
     ) -> None:
         self.record = RunRecord(argv=list(argv), spawned=time.time())
+        self._busy_at_start = _machine_busy()
         self._copy = log_path.open("w") if log_path is not None else None
         self._out = stdout_path.open("wb") if stdout_path is not None else None
         self._proc = subprocess.Popen(
@@ -168,6 +180,10 @@ class Running:
             self._proc.returncode = record.returncode = os.waitstatus_to_exitcode(status)
             record.cpu_seconds = usage.ru_utime + usage.ru_stime
             record.max_rss_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
+            busy = _machine_busy()
+            if busy is not None and self._busy_at_start is not None:
+                others = busy - self._busy_at_start - record.cpu_seconds
+                record.other_cores = max(0.0, others) / max(record.exited - record.spawned, 1e-9)
         finally:
             for handle in (self._copy, self._out):
                 if handle is not None:

@@ -27,6 +27,7 @@ class Measurement:
     cpu_per_m: float | None = None  # CPU s per million events inside the window
     cpu_total_per_m: float | None = None  # whole-process CPU s per million events
     max_rss_mb: float | None = None
+    other_cores: float | None = None  # mean CPUs busy with other processes meanwhile
 
     @property
     def ok(self) -> bool:
@@ -55,7 +56,14 @@ def measure_window(
     """
     if run.returncode != 0 or first is None or done is None:
         reason = run.failure() if run.returncode != 0 else "no first/done marker in its log"
-        return Measurement(key, name, "FAILED", reason, max_rss_mb=run.max_rss_mb or None)
+        return Measurement(
+            key,
+            name,
+            "FAILED",
+            reason,
+            max_rss_mb=run.max_rss_mb or None,
+            other_cores=run.other_cores,
+        )
     window = done.at - first.at
     inside = messages - first_count
     cpu = done.cpu - first.cpu if done.cpu is not None and first.cpu is not None else None
@@ -72,6 +80,7 @@ def measure_window(
         cpu_per_m=cpu / inside * 1e6 if cpu is not None and inside > 0 else None,
         cpu_total_per_m=run.cpu_seconds / messages * 1e6 if messages else None,
         max_rss_mb=run.max_rss_mb,
+        other_cores=run.other_cores,
     )
 
 
@@ -93,6 +102,7 @@ _HEADER = (
     "CPU s/M events",
     "CPU s/M (whole run)",
     "peak RSS MB",
+    "other load",
 )
 
 
@@ -111,6 +121,7 @@ def format_table(rows: Sequence[Measurement]) -> str:
             _num(m.cpu_per_m),
             _num(m.cpu_total_per_m),
             _num(m.max_rss_mb, 0),
+            _num(m.other_cores, 2),
         )
         for m in rows
     ]

@@ -114,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     from metering.commands_reporting import add_reporting_commands
 
     add_reporting_commands(commands)
+
+    from metering.config_check import add_config_command
+
+    add_config_command(commands)
     return parser
 
 
@@ -127,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     from metering.logs import configure_logging
 
     configure_logging()
+    from metering.config_check import run_config_command
+
+    configured = run_config_command(args)
+    if configured is not None:
+        return configured
     try:
         settings = _settings(args)
         return int(_dispatch(args, settings))

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     session_timeout_seconds: Annotated[
         float, Field(validation_alias=_env("METERING_SESSION_TIMEOUT_SECONDS"), ge=6, le=300)
     ] = 10.0
+    health_host: Annotated[str, Field(validation_alias=_env("METERING_HEALTH_HOST"))] = "127.0.0.1"
+    health_port: Annotated[
+        int, Field(validation_alias=_env("METERING_HEALTH_PORT"), ge=0, le=65535)
+    ] = 9464
     worker_name: Annotated[str, Field(validation_alias=_env("METERING_WORKER_NAME"))] = ""
 
     @field_validator("clickhouse_url")

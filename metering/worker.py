@@ -15,10 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
 from faust.types import TP
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.structs import TopicPartition
 
+from metering.health import WorkerHealth, start_health_server
 from metering.migrations import apply_migrations
 from metering.settings import Settings
 from metering.store import connect, describe_store
@@ -64,6 +66,9 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     started = time.monotonic()
     ensure_topics(settings)
     metrics = Metrics()
+    health = WorkerHealth(metrics, role, retry_max_seconds=settings.store_retry_max_seconds)
+    health_watch = asyncio.create_task(health.watch())
+    health_server = await _start_health(settings, metrics, health)
     worker_name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     sink: ClickHouseSink | None = None
     client = None
@@ -149,6 +154,9 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     await app.stop()
     if watcher is not None:
         watcher.cancel()
+    health_watch.cancel()
+    if health_server is not None:
+        await health_server.cleanup()
     if sink is not None:
         sink.close()
     if client is not None:
@@ -156,6 +164,29 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     summary = WorkerSummary(time.monotonic() - started, metrics.summary())
     log.info("worker stopped", extra={"seconds": round(summary.seconds, 3), **summary.metrics})
     return summary
+
+
+async def _start_health(
+    settings: Settings, metrics: Metrics, health: WorkerHealth
+) -> web.AppRunner | None:
+    """/healthz and /metrics; port 0 turns them off. A busy port is logged, not fatal."""
+    if settings.health_port == 0:
+        return None
+    try:
+        runner = await start_health_server(
+            settings.health_host, settings.health_port, metrics, health.state
+        )
+    except OSError as error:
+        log.warning(
+            "health endpoint not started",
+            extra={"port": settings.health_port, "error_message": str(error)},
+        )
+        return None
+    log.info(
+        "health endpoint listening",
+        extra={"host": settings.health_host, "port": settings.health_port},
+    )
+    return runner
 
 
 async def _stop_processor_when_idle(

@@ -43,6 +43,7 @@ class MeteringRun:
             "METERING_TOPIC_PARTITIONS": str(partitions),
             "CLICKHOUSE_URL": f"chdb://{workdir / 'clickhouse'}",
             "METERING_BATCH_MAX_SECONDS": "0.3",
+            "METERING_HEALTH_PORT": "0",
         }
         env.pop("METERING_FAULT_CRASH", None)
         env.pop("METERING_FAULT_STORE_OUTAGE", None)

@@ -1,0 +1,143 @@
+"""`metering config --check`: every problem at once, named by its variable; secrets masked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metering.config_check import check_configuration, main, mask_url
+
+GOOD_KEY = "ab" * 32
+
+
+def _good(tmp_path: Path) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092,kafka-2:9092",
+        "CLICKHOUSE_URL": f"chdb://{tmp_path}/store",
+    }
+
+
+def test_a_good_configuration_has_no_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert check_configuration(_good(tmp_path)) == []
+    monkeypatch.chdir(tmp_path)
+    assert check_configuration({}) == []  # the defaults: chdb://./var/clickhouse
+
+
+def test_only_the_given_environment_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METERING_TOPIC_PARTITIONS", "0")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "nonsense")
+    assert check_configuration(_good(tmp_path)) == []
+
+
+def test_several_bad_settings_are_reported_together_with_their_names(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {
+        "CLICKHOUSE_URL": f"chdb://{blocker}/store",
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092,kafka-2,kafka-3:99999,",
+        "METERING_TOPIC_PARTITIONS": "zero",
+        "METERING_EVENTS_TOPIC": "usage events",
+        "METERING_PSEUDONYM_KEY": "too-short",
+    }
+    problems = check_configuration(env)
+    names = [problem.split(":", 1)[0] for problem in problems]
+    assert sorted(names) == sorted(
+        [
+            "METERING_EVENTS_TOPIC",
+            "METERING_TOPIC_PARTITIONS",
+            "CLICKHOUSE_URL",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "METERING_PSEUDONYM_KEY",
+        ]
+    )
+    text = "\n".join(problems)
+    assert "'kafka-2' is not host:port" in text
+    assert "'kafka-3:99999' has no valid port" in text
+    assert "entry 4 is empty" in text
+    assert f"{blocker} is not a directory" in text
+    assert "secrets.token_hex(32)" in text
+    assert "too-short" not in text
+
+
+def test_a_processor_never_opens_the_store(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {"CLICKHOUSE_URL": f"chdb://{blocker}/store"}
+    assert check_configuration(env, role="processor") == []
+    assert [p.split(":", 1)[0] for p in check_configuration(env, role="store-owner")] == [
+        "CLICKHOUSE_URL"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://u:p@clickhouse", "has no port"),
+        ("https://:8443", "has no host"),
+        ("http://u:p@clickhouse:http", "does not parse"),
+        ("ftp://clickhouse:21", "must start with chdb://"),
+    ],
+)
+def test_server_urls_need_a_host_and_a_port(url: str, expected: str) -> None:
+    [problem] = check_configuration({"CLICKHOUSE_URL": url})
+    assert problem.startswith("CLICKHOUSE_URL: ")
+    assert expected in problem
+
+
+def test_bracketed_ipv6_bootstrap_entries_are_accepted() -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "[::1]:9092", "CLICKHOUSE_URL": "http://h:8123"}
+    assert check_configuration(env) == []
+
+
+def test_mask_url() -> None:
+    assert (
+        mask_url("http://metering:s3cr3t@clickhouse:8123") == "http://metering:***@clickhouse:8123"
+    )
+    assert mask_url("https://clickhouse:8443/?user=m&password=s3cr3t") == (
+        "https://clickhouse:8443/?user=m&password=***"
+    )
+    assert mask_url("chdb://./var/clickhouse") == "chdb://./var/clickhouse"
+    assert mask_url("http://reader@clickhouse:8123") == "http://reader@clickhouse:8123"
+
+
+def test_check_prints_the_effective_configuration_with_the_password_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = {
+        "CLICKHOUSE_URL": "http://metering:s3cr3t@clickhouse:8123",
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+        "METERING_PSEUDONYM_KEY": GOOD_KEY,
+    }
+    assert main(["config", "--check"], env) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "CLICKHOUSE_URL=http://metering:***@clickhouse:8123" in lines
+    assert "KAFKA_BOOTSTRAP_SERVERS=kafka:9092" in lines
+    assert "METERING_EVENTS_TOPIC=usage.events  (default)" in lines
+    assert "METERING_PSEUDONYM_KEY=*** (64 bytes)" in lines
+    assert "s3cr3t" not in out
+    assert GOOD_KEY not in out
+
+
+def test_check_prints_each_problem_on_its_line_and_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = {
+        "CLICKHOUSE_URL": "http://metering:s3cr3t@clickhouse",
+        "METERING_BATCH_MAX_SECONDS": "0",
+    }
+    assert main(["config", "--check"], env) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert lines[0].startswith("METERING_BATCH_MAX_SECONDS: ")
+    assert lines[1].startswith("CLICKHOUSE_URL: has no port")
+    assert lines[2] == "metering config: 2 problem(s)"
+    assert "s3cr3t" not in captured.err
