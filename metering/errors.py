@@ -12,8 +12,11 @@ def explain(error: BaseException) -> str | None:
     from metering.replay import ReplayError
     from metering.store import StoreError
     from metering.topics import KafkaUnavailableError
+    from metering.worker import IntakeError
 
-    if isinstance(error, (StoreError, MigrationError, ReplayError, KafkaUnavailableError)):
+    if isinstance(
+        error, (StoreError, MigrationError, ReplayError, KafkaUnavailableError, IntakeError)
+    ):
         return str(error)
     if isinstance(error, NoBrokersAvailable):
         return (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     session_timeout_seconds: Annotated[
         float, Field(validation_alias=_env("METERING_SESSION_TIMEOUT_SECONDS"), ge=6, le=300)
     ] = 10.0
+    intake: Annotated[
+        Literal["batch", "agent"], Field(validation_alias=_env("METERING_INTAKE"))
+    ] = "batch"
     health_host: Annotated[str, Field(validation_alias=_env("METERING_HEALTH_HOST"))] = "127.0.0.1"
     health_port: Annotated[
         int, Field(validation_alias=_env("METERING_HEALTH_PORT"), ge=0, le=65535)

@@ -33,6 +33,7 @@ from streams.app import (
     build_app,
 )
 from streams.faults import FaultPlan
+from streams.intake import BatchIntake
 from streams.metrics import Metrics
 from streams.pipeline import MeteringPipeline
 from streams.positions import Positions
@@ -40,9 +41,13 @@ from streams.recovery import recover
 from streams.relay import NoDeadLetters, ProcessorPipeline, StoreOwnerPipeline
 from streams.sink import ClickHouseSink
 
-__all__ = ["ROLES", "WorkerSummary", "run_worker"]
+__all__ = ["ROLES", "IntakeError", "WorkerSummary", "run_worker"]
 
 log = logging.getLogger("govmeter.worker")
+
+
+class IntakeError(RuntimeError):
+    """The source topic could not be read; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -74,14 +79,32 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     client = None
     pipeline: Any
 
+    group = settings.consumer_group if role != "store-owner" else f"{settings.consumer_group}-store"
+    source_topic = settings.relay_topic if role == "store-owner" else settings.events_topic
+    intake = BatchIntake(settings, source_topic, group) if settings.intake == "batch" else None
+    # With the batch intake the faust app does not consume the source topic; it gets a
+    # group of its own (faust's assignor protocol differs from a plain consumer's).
+    app = build_app(settings, group=group if intake is None else f"{group}-app")
+
+    async def seek(topic: str, partition: int, offset: int) -> None:
+        if intake is not None:
+            await intake.seek(topic, partition, offset)
+        else:
+            await app.consumer.seek(TP(topic, partition), offset)
+
+    async def earliest_offset(topic: str, partition: int) -> int:
+        if intake is not None:
+            return await intake.earliest_offset(topic, partition)
+        tp = TP(topic, partition)
+        offsets = await app.consumer.earliest_offsets(tp)
+        return int(offsets.get(tp, 0))
+
     if role == "processor":
-        app = build_app(settings)
         pipeline = ProcessorPipeline(
             FaustDeadLetterPublisher(app, settings.dlq_topic),
             FaustPackagePublisher(app, settings.relay_topic),
             metrics,
         )
-        attach_pipeline(app, settings, pipeline)
     else:
         client = connect(settings.clickhouse_url)
         apply_migrations(client)
@@ -96,10 +119,6 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
                 "flushes_reapplied": state.flushes_reapplied,
             },
         )
-        app = build_app(
-            settings,
-            group=settings.consumer_group if role == "all" else f"{settings.consumer_group}-store",
-        )
         sink = ClickHouseSink(
             client,
             FaustDeadLetterPublisher(app, settings.dlq_topic) if role == "all" else NoDeadLetters(),
@@ -111,22 +130,15 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         )
         positions = Positions(state.resume_offsets)
         if role == "all":
-
-            async def seek(topic: str, partition: int, offset: int) -> None:
-                await app.consumer.seek(TP(topic, partition), offset)
-
-            async def earliest_offset(topic: str, partition: int) -> int:
-                tp = TP(topic, partition)
-                offsets = await app.consumer.earliest_offsets(tp)
-                return int(offsets.get(tp, 0))
-
             pipeline = MeteringPipeline(
                 sink, positions, metrics, seek=seek, earliest_offset=earliest_offset
             )
-            attach_pipeline(app, settings, pipeline)
         else:
             pipeline = StoreOwnerPipeline(sink, positions, metrics)
-            attach_pipeline(app, settings, pipeline, topic_name=settings.relay_topic)
+    if intake is not None:
+        intake.handler = pipeline
+    else:
+        attach_pipeline(app, settings, pipeline, topic_name=source_topic)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -134,9 +146,12 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         loop.add_signal_handler(signum, stop.set)
 
     await app.start()
+    intake_task = asyncio.create_task(intake.run(stop)) if intake is not None else None
+    if intake_task is not None:
+        intake_task.add_done_callback(lambda _: stop.set())
     log.info(
         "worker consuming",
-        extra={"role": role, "topic": settings.events_topic, "group": app.conf.id},
+        extra={"role": role, "topic": source_topic, "group": group, "intake": settings.intake},
     )
     watcher = None
     if until_idle is not None:
@@ -151,6 +166,12 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     await stop.wait()
     while pipeline.busy:
         await asyncio.sleep(0.05)
+    intake_error: BaseException | None = None
+    if intake_task is not None:
+        if intake_task.done() and not intake_task.cancelled():
+            intake_error = intake_task.exception()
+        intake_task.cancel()
+        await asyncio.gather(intake_task, return_exceptions=True)
     await app.stop()
     if watcher is not None:
         watcher.cancel()
@@ -161,6 +182,10 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         sink.close()
     if client is not None:
         client.close()
+    if intake_error is not None:
+        raise IntakeError(
+            f"reading {source_topic} failed: {type(intake_error).__name__}: {intake_error}"
+        ) from intake_error
     summary = WorkerSummary(time.monotonic() - started, metrics.summary())
     log.info("worker stopped", extra={"seconds": round(summary.seconds, 3), **summary.metrics})
     return summary

@@ -16,14 +16,17 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 __all__ = [
     "AGENCY_LEVELS",
     "CONTENT_FIELDS",
+    "MAX_MESSAGE_BYTES",
     "MAX_TOKENS",
     "SCHEMA_VERSION",
     "UsageEvent",
+    "canonical_uuid",
     "parse_rfc3339",
 ]
 
 SCHEMA_VERSION: Final = 1
 MAX_TOKENS: Final = 1_000_000
+MAX_MESSAGE_BYTES: Final = 64 * 1024
 AGENCY_LEVELS: Final = ("federal", "state", "local")
 CONTENT_FIELDS: Final = ("content", "prompt", "completion", "text", "messages")
 
@@ -38,11 +41,24 @@ _RFC3339 = re.compile(
 )
 
 
+# The shape producers send almost always: UTC, "T", "Z", up to 6 fractional digits.
+_COMMON_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z")
+
+
 def parse_rfc3339(value: str) -> datetime:
     """Parse an RFC 3339 timestamp with an explicit offset into UTC, millisecond precision.
 
     Sub-millisecond digits are truncated (never rounded up into the next day).
     """
+    if _COMMON_UTC.fullmatch(value) is not None:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("not a calendar date and time") from None
+        parsed = parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+        if not _EARLIEST <= parsed < _LATEST:
+            raise ValueError("must lie between 1970-01-01 and 2149-06-05 (UTC)")
+        return parsed
     match = _RFC3339.fullmatch(value)
     if match is None:
         raise ValueError("must be RFC 3339 with an explicit offset, e.g. 2026-11-02T14:03:12.345Z")
@@ -83,15 +99,20 @@ _UUID = re.compile(
 )
 
 
-def _canonical_uuid(value: str) -> str:
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def canonical_uuid(value: str) -> str:
     """Lower-case hyphenated form: the same UUID in any spelling is the same event."""
+    if _CANONICAL_UUID.fullmatch(value) is not None:
+        return value
     if _UUID.fullmatch(value) is None:
         raise ValueError("must be a UUID, e.g. 7d3f0f4e-5b8e-4a53-9d55-3f1c2a9e8b10")
     return str(uuid.UUID(value))
 
 
 UtcTimestamp = Annotated[datetime, BeforeValidator(_timestamp_from_wire)]
-EventId = Annotated[str, AfterValidator(_canonical_uuid)]
+EventId = Annotated[str, AfterValidator(canonical_uuid)]
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 
 

@@ -15,17 +15,18 @@ from typing import Any, Final
 import orjson
 from pydantic import ValidationError
 
-from schemas.events import CONTENT_FIELDS, SCHEMA_VERSION, UsageEvent
+from schemas.events import CONTENT_FIELDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, UsageEvent
+from schemas.fast_path import fast_validate
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "Reason",
     "Rejection",
     "classify",
+    "classify_fully",
     "may_hold_content",
 ]
 
-MAX_MESSAGE_BYTES: Final = 64 * 1024
 _CONTENT_TOKENS: Final = tuple(f'"{name}"'.encode() for name in CONTENT_FIELDS)
 _MAX_ID_CHARS: Final = 128
 
@@ -50,6 +51,14 @@ class Rejection:
 
 def classify(raw: bytes) -> UsageEvent | Rejection:
     """Return the validated event, or the one reason it is rejected."""
+    event = fast_validate(raw)
+    if event is not None:
+        return event
+    return classify_fully(raw)
+
+
+def classify_fully(raw: bytes) -> UsageEvent | Rejection:
+    """The contract's checks in order, with pydantic as the judge of section 1."""
     if len(raw) > MAX_MESSAGE_BYTES:
         return Rejection(Reason.TOO_LARGE, f"{len(raw)} bytes, limit {MAX_MESSAGE_BYTES}")
     try:

@@ -46,8 +46,10 @@ def _normalised(rows: list[dict[str, object]], view: str) -> list[dict[str, obje
     return [{c: row[c] for c in columns} for row in rows]
 
 
-def test_corpus_counts_exactly_once_in_its_utc_window(run: MeteringRun) -> None:
+@pytest.mark.parametrize("intake", ["batch", "agent"])
+def test_corpus_counts_exactly_once_in_its_utc_window(run: MeteringRun, intake: str) -> None:
     golden = expected()
+    run.env["METERING_INTAKE"] = intake
     run.replay(CORPUS)
     result = run.worker(until_idle=1.0)
     assert result.returncode == 0, result.stderr[-3000:]
