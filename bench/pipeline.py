@@ -14,6 +14,7 @@ import os
 import platform
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -103,6 +104,17 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def _commit() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=_REPO, capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" + uncommitted changes" if git("status", "--porcelain") else "")
+
+
 def _header(args: argparse.Namespace, plan: SimulationPlan, topic: str, quix: str) -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     worker_batch = args.batch_max_events or os.environ.get("METERING_BATCH_MAX_EVENTS", "default")
@@ -118,7 +130,9 @@ def _header(args: argparse.Namespace, plan: SimulationPlan, topic: str, quix: st
             f"{_version('aiokafka')}, kafka-python {_version('kafka-python')}, chdb "
             f"{_version('chdb')}, clickhouse-connect {_version('clickhouse-connect')}, "
             f"pydantic {_version('pydantic')}, quixstreams {quix}",
-            f"worker: METERING_BATCH_MAX_EVENTS={worker_batch}, --until-idle {args.idle:g}",
+            f"worker: commit {_commit()}, METERING_BATCH_MAX_EVENTS={worker_batch}, "
+            f"METERING_INTAKE={os.environ.get('METERING_INTAKE', 'default')}, "
+            f"--until-idle {args.idle:g}",
         ]
     )
 

@@ -6,7 +6,7 @@ __all__ = ["explain"]
 
 
 def explain(error: BaseException) -> str | None:
-    from kafka.errors import KafkaError, NoBrokersAvailable
+    from kafka.errors import KafkaError
 
     from metering.migrations import MigrationError
     from metering.replay import ReplayError
@@ -18,11 +18,6 @@ def explain(error: BaseException) -> str | None:
         error, (StoreError, MigrationError, ReplayError, KafkaUnavailableError, IntakeError)
     ):
         return str(error)
-    if isinstance(error, NoBrokersAvailable):
-        return (
-            "no Kafka broker answered at KAFKA_BOOTSTRAP_SERVERS; start one with "
-            "infra/kafka/start or point the variable at your cluster"
-        )
     if isinstance(error, KafkaError):
         return f"Kafka error: {type(error).__name__}: {error}"
     if type(error).__name__ in ("DatabaseError", "OperationalError", "ProgrammingError"):

@@ -7,6 +7,7 @@ With `until_idle`, return once every message on the events topic is in the ledge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -214,30 +215,75 @@ async def _start_health(
     return runner
 
 
+class _OffsetProbe:
+    """Broker offsets for the idle check; survives broker restarts by reconnecting."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._servers = settings.kafka_bootstrap_servers.split(",")
+        self._consumer: KafkaConsumer | None = None
+        self._admin: KafkaAdminClient | None = None
+
+    def ends(self, topic: str) -> dict[int, tuple[int, int]]:
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self._servers,
+                enable_auto_commit=False,
+                client_id="govmeter-idle-probe",
+                request_timeout_ms=10_000,
+            )
+        return _end_offsets(self._consumer, topic)
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        if self._admin is None:
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=self._servers, request_timeout_ms=10_000
+            )
+        committed = self._admin.list_group_offsets(group)
+        return {
+            tp.partition: meta.offset
+            for tp, meta in committed.get(group, {}).items()
+            if tp.topic == topic
+        }
+
+    def close(self) -> None:
+        for client in (self._consumer, self._admin):
+            if client is not None:
+                with contextlib.suppress(Exception):  # closing a client that already broke
+                    client.close()
+        self._consumer = None
+        self._admin = None
+
+
+async def _probe(probe: _OffsetProbe, call: Any, *args: str) -> Any:
+    """Run a blocking probe call with a deadline; None (and a fresh probe) on failure."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(loop.run_in_executor(None, call, *args), timeout=20)
+    except Exception as error:
+        log.warning(
+            "idle check could not read broker offsets; retrying",
+            extra={"error": type(error).__name__},
+        )
+        probe.close()
+        return None
+
+
 async def _stop_processor_when_idle(
     settings: Settings, pipeline: Any, idle_seconds: float, stop: asyncio.Event
 ) -> None:
     """A processor is done once its group committed every offset and nothing arrives."""
-    loop = asyncio.get_running_loop()
-    probe = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-        enable_auto_commit=False,
-        client_id="govmeter-idle-probe",
-    )
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
+    probe = _OffsetProbe(settings)
     try:
         while True:
             await asyncio.sleep(min(0.5, idle_seconds / 2 or 0.1))
             if pipeline.busy or time.monotonic() - pipeline.last_activity < idle_seconds:
                 continue
-            ends = await loop.run_in_executor(None, _end_offsets, probe, settings.events_topic)
-            group = settings.consumer_group
-            committed = await loop.run_in_executor(None, admin.list_group_offsets, group)
-            offsets = {
-                tp.partition: meta.offset
-                for tp, meta in committed.get(group, {}).items()
-                if tp.topic == settings.events_topic
-            }
+            ends = await _probe(probe, probe.ends, settings.events_topic)
+            offsets = await _probe(
+                probe, probe.committed, settings.consumer_group, settings.events_topic
+            )
+            if ends is None or offsets is None:
+                continue
             if all(
                 end <= earliest or offsets.get(p, -1) >= end for p, (earliest, end) in ends.items()
             ):
@@ -246,7 +292,6 @@ async def _stop_processor_when_idle(
                 return
     finally:
         probe.close()
-        admin.close()
 
 
 async def _stop_when_idle(
@@ -257,19 +302,16 @@ async def _stop_when_idle(
     stop: asyncio.Event,
 ) -> None:
     """Set `stop` once the ledger covers the whole topic and nothing arrived lately."""
-    loop = asyncio.get_running_loop()
-    probe = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-        enable_auto_commit=False,
-        client_id="govmeter-idle-probe",
-    )
+    probe = _OffsetProbe(settings)
     try:
         while True:
             await asyncio.sleep(min(0.5, idle_seconds / 2 or 0.1))
             quiet_for = time.monotonic() - pipeline.last_activity
             if pipeline.busy or quiet_for < idle_seconds:
                 continue
-            ends = await loop.run_in_executor(None, _end_offsets, probe, settings.events_topic)
+            ends = await _probe(probe, probe.ends, settings.events_topic)
+            if ends is None:
+                continue
             ledger = await sink.run_on_store(
                 lambda: {
                     (str(t), int(p)): int(n)

@@ -16,7 +16,9 @@ Runs in its own interpreter: quixstreams pins pydantic below the project's versi
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,9 +30,23 @@ from quixstreams.sinks import BatchingSink, SinkBatch
 
 from bench.contenders.chstore import ensure_bench_table, insert_rows, open_store
 from bench.contenders.markers import DONE, FIRST, READY, emit
-from schemas.events import UsageEvent
 
 __all__ = ["main"]
+
+
+def _usage_event_model() -> Any:
+    """`schemas.events.UsageEvent`, loaded from its file: the `schemas` package itself
+    imports the project's other dependencies, which this interpreter does not have."""
+    path = Path(__file__).resolve().parents[2] / "schemas" / "events.py"
+    spec = importlib.util.spec_from_file_location("bench_usage_event", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the annotations through it
+    spec.loader.exec_module(module)
+    return module.UsageEvent
+
+
+UsageEvent = _usage_event_model()
 
 _DAY_MS = 86_400_000
 
