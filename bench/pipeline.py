@@ -112,7 +112,8 @@ def _commit() -> str:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + (" + uncommitted changes" if git("status", "--porcelain") else "")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return head + (" + uncommitted changes" if dirty else "")
 
 
 def _header(args: argparse.Namespace, plan: SimulationPlan, topic: str, quix: str) -> str:

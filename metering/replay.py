@@ -15,6 +15,7 @@ from typing import IO
 import orjson
 from kafka import KafkaProducer
 
+from metering.kafka_config import kafka_python_options
 from metering.progress import Progress
 from metering.settings import Settings
 
@@ -67,7 +68,7 @@ def publish_lines(
 ) -> int:
     """Send each line to the events topic, keyed by agency_id; wait for every ack."""
     producer = KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        **kafka_python_options(settings),
         acks="all",
         linger_ms=20,
         batch_size=512 * 1024,

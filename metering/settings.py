@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
@@ -33,6 +40,33 @@ class Settings(BaseSettings):
     relay_topic: Annotated[
         str, Field(validation_alias=_env("METERING_RELAY_TOPIC"), pattern=r"^[A-Za-z0-9._-]+$")
     ] = "usage.events.flushes"
+    kafka_security_protocol: Annotated[
+        Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+        Field(validation_alias=_env("KAFKA_SECURITY_PROTOCOL")),
+    ] = "PLAINTEXT"
+    kafka_sasl_mechanism: Annotated[
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None,
+        Field(validation_alias=_env("KAFKA_SASL_MECHANISM")),
+    ] = None
+    kafka_sasl_username: Annotated[
+        str | None, Field(validation_alias=_env("KAFKA_SASL_USERNAME"))
+    ] = None
+    kafka_sasl_password: Annotated[
+        SecretStr | None, Field(validation_alias=_env("KAFKA_SASL_PASSWORD"))
+    ] = None
+    kafka_ssl_cafile: Annotated[str | None, Field(validation_alias=_env("KAFKA_SSL_CAFILE"))] = None
+    kafka_ssl_certfile: Annotated[
+        str | None, Field(validation_alias=_env("KAFKA_SSL_CERTFILE"))
+    ] = None
+    kafka_ssl_keyfile: Annotated[str | None, Field(validation_alias=_env("KAFKA_SSL_KEYFILE"))] = (
+        None
+    )
+    topic_replication_factor: Annotated[
+        int, Field(validation_alias=_env("METERING_TOPIC_REPLICATION_FACTOR"), ge=1, le=7)
+    ] = 1
+    topic_retention_hours: Annotated[
+        int, Field(validation_alias=_env("METERING_TOPIC_RETENTION_HOURS"), ge=-1)
+    ] = 1008
     clickhouse_url: Annotated[str, Field(validation_alias=_env("CLICKHOUSE_URL"))] = (
         "chdb://./var/clickhouse"
     )
@@ -73,6 +107,25 @@ class Settings(BaseSettings):
             )
         return value
 
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            missing = [
+                name
+                for name, value in (
+                    ("KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism),
+                    ("KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                    ("KAFKA_SASL_PASSWORD", self.kafka_sasl_password),
+                )
+                if value is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                    + ", ".join(missing)
+                )
+        return self
+
 
 _ENV_NAMES = {
     name: str(field.validation_alias.choices[0])  # type: ignore[union-attr]
@@ -88,7 +141,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as error:
         problems = []
         for item in error.errors(include_url=False, include_input=False):
-            field = str(item["loc"][0]) if item["loc"] else "?"
+            field = str(item["loc"][0]) if item["loc"] else "settings"
             name = _ENV_NAMES.get(field, field)
             problems.append(f"  {name}: {item['msg']}")
         raise SettingsError("invalid configuration:\n" + "\n".join(problems)) from None

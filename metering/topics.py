@@ -7,6 +7,7 @@ import logging
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from metering.kafka_config import kafka_python_options
 from metering.settings import Settings
 
 __all__ = ["KafkaUnavailableError", "ensure_topics", "partitions_of"]
@@ -21,7 +22,7 @@ class KafkaUnavailableError(RuntimeError):
 def _admin(settings: Settings) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+            **kafka_python_options(settings),
             client_id="govmeter-admin",
             request_timeout_ms=15_000,
         )
@@ -38,14 +39,30 @@ def ensure_topics(settings: Settings) -> None:
     admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
+        retention = {"retention.ms": str(settings.topic_retention_hours * 3_600_000)}
+        if settings.topic_retention_hours < 0:
+            retention = {"retention.ms": "-1"}
+        replication = settings.topic_replication_factor
         wanted = [
-            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+            NewTopic(
+                name,
+                num_partitions=settings.topic_partitions,
+                replication_factor=replication,
+                topic_configs=retention,
+            )
             for name in (settings.events_topic, settings.dlq_topic)
             if name not in existing
         ]
         if settings.relay_topic not in existing:
             # One partition: the store owner must see every package in one order.
-            wanted.append(NewTopic(settings.relay_topic, num_partitions=1, replication_factor=1))
+            wanted.append(
+                NewTopic(
+                    settings.relay_topic,
+                    num_partitions=1,
+                    replication_factor=replication,
+                    topic_configs=retention,
+                )
+            )
         if wanted:
             try:
                 admin.create_topics(wanted)

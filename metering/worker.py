@@ -22,6 +22,7 @@ from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.structs import TopicPartition
 
 from metering.health import WorkerHealth, start_health_server
+from metering.kafka_config import kafka_python_options
 from metering.migrations import apply_migrations
 from metering.settings import Settings
 from metering.store import connect, describe_store
@@ -219,14 +220,14 @@ class _OffsetProbe:
     """Broker offsets for the idle check; survives broker restarts by reconnecting."""
 
     def __init__(self, settings: Settings) -> None:
-        self._servers = settings.kafka_bootstrap_servers.split(",")
+        self._options = kafka_python_options(settings)
         self._consumer: KafkaConsumer | None = None
         self._admin: KafkaAdminClient | None = None
 
     def ends(self, topic: str) -> dict[int, tuple[int, int]]:
         if self._consumer is None:
             self._consumer = KafkaConsumer(
-                bootstrap_servers=self._servers,
+                **self._options,
                 enable_auto_commit=False,
                 client_id="govmeter-idle-probe",
                 request_timeout_ms=10_000,
@@ -235,9 +236,7 @@ class _OffsetProbe:
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         if self._admin is None:
-            self._admin = KafkaAdminClient(
-                bootstrap_servers=self._servers, request_timeout_ms=10_000
-            )
+            self._admin = KafkaAdminClient(**self._options, request_timeout_ms=10_000)
         committed = self._admin.list_group_offsets(group)
         return {
             tp.partition: meta.offset

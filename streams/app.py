@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import faust
 
+from metering.kafka_config import faust_options
 from metering.settings import Settings
 from streams.batch import SourceMessage
 from streams.dead_letter import DeadLetter
@@ -40,6 +41,7 @@ def build_app(settings: Settings, group: str | None = None) -> faust.App:
     app = faust.App(
         group or settings.consumer_group,
         broker=broker_urls(settings.kafka_bootstrap_servers),
+        **faust_options(settings),
         store="memory://",
         autodiscover=False,
         web_enabled=False,

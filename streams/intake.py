@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 
+from metering.kafka_config import aiokafka_options
 from metering.settings import Settings
 from streams.app import BatchHandler
 from streams.batch import SourceMessage
@@ -51,7 +52,7 @@ class BatchIntake:
         session_ms = int(settings.session_timeout_seconds * 1000)
         consumer = AIOKafkaConsumer(
             self._topic,
-            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+            **aiokafka_options(settings),
             group_id=self._group,
             client_id=f"{self._group}-intake",
             enable_auto_commit=False,
