@@ -32,7 +32,7 @@ from kafka import KafkaProducer
 
 from bench.reference import Reference
 from bench.rows import BenchRun
-from bench.runner import Running
+from bench.runner import LogLine, Running
 from bench.topic import create_topic, delete_topics_containing
 from bench.worklog import worker_timeline
 from metering.replay import key_for
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def _flush_lines(worker: Running) -> list[object]:
+def _flush_lines(worker: Running) -> list[LogLine]:
     return [line for line in list(worker.record.lines) if line.msg == "flush committed"]
 
 

@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     from metering.config_check import add_config_command
 
     add_config_command(commands)
+
+    from metering.commands_ddl import add_ddl_command
+
+    add_ddl_command(commands)
     return parser
 
 
@@ -136,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     configured = run_config_command(args)
     if configured is not None:
         return configured
+    from metering.commands_ddl import run_ddl_command
+
+    rendered = run_ddl_command(args)
+    if rendered is not None:
+        return rendered
     try:
         settings = _settings(args)
         return int(_dispatch(args, settings))
@@ -195,7 +204,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from metering.store import connect
 
         client = connect(settings.clickhouse_url)
-        apply_migrations(client)
+        apply_migrations(client, settings.effective_clickhouse_mode, settings.clickhouse_cluster)
         columns, rows = run_query(client, args.sql)
         print(format_result(columns, rows, args.format))
         return 0
@@ -209,7 +218,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from metering.migrations import apply_migrations
         from metering.store import connect
 
-        applied = apply_migrations(connect(settings.clickhouse_url))
+        applied = apply_migrations(
+            connect(settings.clickhouse_url),
+            settings.effective_clickhouse_mode,
+            settings.clickhouse_cluster,
+        )
         print(f"applied {len(applied)} migration(s)")
         return 0
     raise AssertionError(command)

@@ -158,7 +158,7 @@ def _open(settings: Settings) -> Any:
     from metering.store import connect
 
     client = connect(settings.clickhouse_url)
-    apply_migrations(client)
+    apply_migrations(client, settings.effective_clickhouse_mode, settings.clickhouse_cluster)
     return client
 
 

@@ -31,7 +31,7 @@ SELECT reason, count() AS rejected FROM metering.rejected_events GROUP BY reason
 
 def print_headline(settings: Settings, day: date | None) -> int:
     client = connect(settings.clickhouse_url)
-    apply_migrations(client)
+    apply_migrations(client, settings.effective_clickhouse_mode, settings.clickhouse_cluster)
     if day is None:
         latest = client.query("SELECT max(day) FROM metering.agency_daily").result_rows[0][0]
         if latest is None or str(latest) == "1970-01-01":

@@ -2,6 +2,11 @@
 
 Idempotent: safe to run twice and from every command that opens the store. A
 migration file that changed after it was applied is an error: add a new file instead.
+
+The files are rendered for the deployment (`schemas/ddl.py`): unchanged for the
+embedded store and a single server, `ON CLUSTER` and Replicated engines for a
+one-shard cluster. Checksums are always taken over the file as written, so the
+record in `metering.schema_migrations` does not depend on the mode it was applied in.
 """
 
 from __future__ import annotations
@@ -11,12 +16,37 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
+from typing import Final
 
 from clickhouse_connect.driver.client import Client
 
-__all__ = ["Migration", "MigrationError", "apply_migrations", "load_migrations"]
+from schemas.ddl import DDLError, DeploymentMode, check_cluster, render_statement
+
+__all__ = [
+    "BOOKKEEPING",
+    "Migration",
+    "MigrationError",
+    "apply_migrations",
+    "load_migrations",
+    "render_migrations",
+    "rendered_statements",
+]
 
 _FILE_NAME = re.compile(r"(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql")
+
+# The database and the record of applied files, created before any file runs.
+BOOKKEEPING: Final = (
+    "CREATE DATABASE IF NOT EXISTS metering",
+    "CREATE TABLE IF NOT EXISTS metering.schema_migrations "
+    "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC')) "
+    "ENGINE = MergeTree ORDER BY version",
+)
+
+_SHARDS: Final = """
+SELECT uniqExact(shard_num), count()
+FROM system.clusters
+WHERE cluster = {cluster:String}
+"""
 
 
 class MigrationError(RuntimeError):
@@ -30,6 +60,10 @@ class Migration:
     sql: str
 
     @property
+    def file_name(self) -> str:
+        return f"{self.version:04d}_{self.name}.sql"
+
+    @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
@@ -38,6 +72,13 @@ class Migration:
         lines = [line for line in self.sql.splitlines() if not line.strip().startswith("--")]
         text = "\n".join(lines)
         return [part.strip() for part in re.split(r";\s*(?:\n|$)", text) if part.strip()]
+
+    def rendered(self, mode: DeploymentMode, cluster: str | None = None) -> list[str]:
+        """The statements as they run on the given deployment (`schemas/ddl.py`)."""
+        try:
+            return [render_statement(s, mode, cluster) for s in self.statements()]
+        except DDLError as error:
+            raise MigrationError(f"schemas/sql/{self.file_name}: {error}") from None
 
 
 def load_migrations() -> list[Migration]:
@@ -56,14 +97,79 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-def apply_migrations(client: Client) -> list[Migration]:
+def _bookkeeping(mode: DeploymentMode, cluster: str | None) -> list[str]:
+    try:
+        return [render_statement(statement, mode, cluster) for statement in BOOKKEEPING]
+    except DDLError as error:
+        raise MigrationError(str(error)) from None
+
+
+def rendered_statements(mode: DeploymentMode = "embedded", cluster: str | None = None) -> list[str]:
+    """Every statement `apply_migrations` can run on a fresh store, in order."""
+    statements = _bookkeeping(mode, cluster)
+    for migration in load_migrations():
+        statements.extend(migration.rendered(mode, cluster))
+    return statements
+
+
+def render_migrations(mode: DeploymentMode = "embedded", cluster: str | None = None) -> str:
+    """The full DDL for one deployment, for `clickhouse-client --multiquery`."""
+    target = {
+        "embedded": "the embedded store (chDB)",
+        "server": "a single ClickHouse server",
+        "cluster": f"the ClickHouse cluster '{cluster}' (one shard, any number of replicas)",
+    }
+    command = f"metering ddl --mode {mode}" + (f" --cluster '{cluster}'" if cluster else "")
+    blocks = [
+        f"-- govmeter schema for {target[mode]}\n"
+        f"-- from schemas/sql/ by `{command}`.\n"
+        "-- Every statement is idempotent. `metering migrate` runs the same statements\n"
+        "-- and records each file in metering.schema_migrations.\n\n"
+        "-- bookkeeping (metering/migrations.py)\n"
+        + "\n\n".join(f"{statement};" for statement in _bookkeeping(mode, cluster))
+    ]
+    for migration in load_migrations():
+        statements = migration.rendered(mode, cluster)
+        blocks.append(
+            f"-- schemas/sql/{migration.file_name} (sha256 {migration.checksum})\n"
+            + "\n\n".join(f"{statement};" for statement in statements)
+        )
+    return "\n\n".join(blocks) + "\n"
+
+
+def _check_one_shard(client: Client, cluster: str) -> None:
+    """The pipeline needs one shard (schemas/ddl.py says why): refuse anything else."""
+    name = cluster
+    if cluster.startswith("{"):
+        macro = cluster.strip("{}")
+        rows = client.query("SELECT getMacro({macro:String})", parameters={"macro": macro})
+        name = str(rows.result_rows[0][0])
+    shards, hosts = client.query(_SHARDS, parameters={"cluster": name}).result_rows[0]
+    if int(hosts) == 0:
+        raise MigrationError(
+            f"CLICKHOUSE_CLUSTER={cluster}: no cluster {name!r} in system.clusters on this "
+            "server; name a cluster from the servers' remote_servers configuration"
+        )
+    if int(shards) != 1:
+        raise MigrationError(
+            f"CLICKHOUSE_CLUSTER={cluster}: cluster {name!r} has {shards} shards; govmeter "
+            "needs one shard with any number of replicas (docs/clickhouse-cluster.md)"
+        )
+
+
+def apply_migrations(
+    client: Client, mode: DeploymentMode = "embedded", cluster: str | None = None
+) -> list[Migration]:
     """Apply every migration not yet recorded; return the ones applied now."""
-    client.command("CREATE DATABASE IF NOT EXISTS metering")
-    client.command(
-        "CREATE TABLE IF NOT EXISTS metering.schema_migrations "
-        "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC')) "
-        "ENGINE = MergeTree ORDER BY version"
-    )
+    try:
+        check_cluster(mode, cluster)
+    except DDLError as error:
+        raise MigrationError(str(error)) from None
+    if mode == "cluster":
+        assert cluster is not None
+        _check_one_shard(client, cluster)
+    for statement in _bookkeeping(mode, cluster):
+        client.command(statement)
     applied = {
         int(version): str(checksum)
         for version, checksum in client.query(
@@ -76,11 +182,11 @@ def apply_migrations(client: Client) -> list[Migration]:
         if recorded is not None:
             if recorded != migration.checksum:
                 raise MigrationError(
-                    f"schemas/sql/{migration.version:04d}_{migration.name}.sql changed after it "
+                    f"schemas/sql/{migration.file_name} changed after it "
                     "was applied to this store; restore it and add a new numbered migration"
                 )
             continue
-        for statement in migration.statements():
+        for statement in migration.rendered(mode, cluster):
             client.command(statement)
         client.insert(
             "metering.schema_migrations",

@@ -9,10 +9,13 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.ddl import CLUSTER_NAME, DeploymentMode
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -70,6 +73,14 @@ class Settings(BaseSettings):
     clickhouse_url: Annotated[str, Field(validation_alias=_env("CLICKHOUSE_URL"))] = (
         "chdb://./var/clickhouse"
     )
+    # None: inferred from CLICKHOUSE_URL (see effective_clickhouse_mode).
+    clickhouse_mode: Annotated[
+        Literal["embedded", "server", "cluster"] | None,
+        Field(validation_alias=_env("CLICKHOUSE_MODE")),
+    ] = None
+    clickhouse_cluster: Annotated[
+        str | None, Field(validation_alias=_env("CLICKHOUSE_CLUSTER"), validate_default=True)
+    ] = None
     consumer_group: Annotated[
         str, Field(validation_alias=_env("METERING_CONSUMER_GROUP"), pattern=r"^[A-Za-z0-9._-]+$")
     ] = "govmeter"
@@ -106,6 +117,44 @@ class Settings(BaseSettings):
                 "or http(s):// (a ClickHouse server, e.g. http://user:pass@host:8123)"
             )
         return value
+
+    @field_validator("clickhouse_mode")
+    @classmethod
+    def _mode_fits_the_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        url = info.data.get("clickhouse_url")
+        if value is None or url is None:
+            return value
+        if value == "embedded" and not url.startswith("chdb://"):
+            raise ValueError("embedded needs CLICKHOUSE_URL=chdb://PATH")
+        if value != "embedded" and url.startswith("chdb://"):
+            raise ValueError(f"{value} needs CLICKHOUSE_URL=http(s)://host:port of a server")
+        return value
+
+    @field_validator("clickhouse_cluster")
+    @classmethod
+    def _cluster_named_in_cluster_mode(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            value = value.strip() or None
+        if value is not None and CLUSTER_NAME.fullmatch(value) is None:
+            raise ValueError(
+                "a cluster name from remote_servers (letters, digits, '_', '.', '-') "
+                "or one macro such as {cluster}"
+            )
+        if "clickhouse_mode" not in info.data:  # the mode itself is invalid
+            return value
+        mode = info.data["clickhouse_mode"]
+        if mode == "cluster" and value is None:
+            raise ValueError("required when CLICKHOUSE_MODE=cluster: the cluster's name")
+        if mode != "cluster" and value is not None:
+            raise ValueError("only used with CLICKHOUSE_MODE=cluster; set both or neither")
+        return value
+
+    @property
+    def effective_clickhouse_mode(self) -> DeploymentMode:
+        """CLICKHOUSE_MODE, else embedded for a chdb:// URL and server for http(s)://."""
+        if self.clickhouse_mode is not None:
+            return self.clickhouse_mode
+        return "embedded" if self.clickhouse_url.startswith("chdb://") else "server"
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> Settings:

@@ -109,7 +109,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         )
     else:
         client = connect(settings.clickhouse_url)
-        apply_migrations(client)
+        apply_migrations(client, settings.effective_clickhouse_mode, settings.clickhouse_cluster)
         state = recover(client)
         log.info(
             "store ready",

@@ -51,7 +51,7 @@ UsageEvent = _usage_event_model()
 _DAY_MS = 86_400_000
 
 
-class ClickHouseWindowSink(BatchingSink):
+class ClickHouseWindowSink(BatchingSink):  # type: ignore[misc]
     """At each checkpoint: the latest running totals per agency-day, in one insert."""
 
     def __init__(self, store: Path) -> None:

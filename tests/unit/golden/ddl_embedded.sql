@@ -1,0 +1,210 @@
+-- govmeter schema for the embedded store (chDB)
+-- from schemas/sql/ by `metering ddl --mode embedded`.
+-- Every statement is idempotent. `metering migrate` runs the same statements
+-- and records each file in metering.schema_migrations.
+
+-- bookkeeping (metering/migrations.py)
+CREATE DATABASE IF NOT EXISTS metering;
+
+CREATE TABLE IF NOT EXISTS metering.schema_migrations (version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version;
+
+-- schemas/sql/0001_ledger.sql (sha256 39a3a574d6859de089a9bb7950c52a0fcba42f2c6cbcada37137e7eb3c3ab48f)
+CREATE TABLE IF NOT EXISTS metering.flush_ledger
+(
+    flush_seq     UInt64,
+    topic         String,
+    partition     UInt32,
+    first_offset  UInt64,
+    last_offset   UInt64,
+    messages      UInt32,
+    counted       UInt32,
+    duplicates    UInt32,
+    rejected      UInt32,
+    worker        String,
+    committed_at  DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (topic, partition, first_offset)
+SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE TABLE IF NOT EXISTS metering.flush_applied
+(
+    flush_seq   UInt64,
+    applied_at  DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY flush_seq;
+
+-- schemas/sql/0002_counted_events.sql (sha256 5e57882674ee35e977ab7a240ba541de7093fd37f5e2006a02f1ea5beec9abb9)
+CREATE TABLE IF NOT EXISTS metering.counted_events
+(
+    event_id         UUID,
+    occurred_at      DateTime64(3, 'UTC'),
+    tenant           String,
+    agency_id        String,
+    agency_level     LowCardinality(String),
+    user_id          String,
+    conversation_id  String,
+    model            LowCardinality(String),
+    feature          LowCardinality(String),
+    tokens_in        UInt32,
+    tokens_out       UInt32,
+    topic            LowCardinality(String),
+    partition        UInt32,
+    offset           UInt64,
+    flush_seq        UInt64,
+    ingested_at      DateTime64(3, 'UTC'),
+    INDEX flush_seq_minmax flush_seq TYPE minmax GRANULARITY 1
+)
+ENGINE = MergeTree
+ORDER BY event_id
+SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE TABLE IF NOT EXISTS metering.rejections_log
+(
+    received_at  DateTime64(3, 'UTC'),
+    reason       LowCardinality(String),
+    detail       String,
+    event_id     Nullable(String),
+    agency_id    Nullable(String),
+    topic        LowCardinality(String),
+    partition    UInt32,
+    offset       UInt64,
+    size_bytes   UInt32,
+    flush_seq    UInt64
+)
+ENGINE = MergeTree
+ORDER BY (topic, partition, offset)
+SETTINGS non_replicated_deduplication_window = 10000;
+
+-- schemas/sql/0003_rollups.sql (sha256 b2dd4137ba701d024c3aedc8e0c89b1a0e50b2d7478a9967b9e0f03c7204f736)
+CREATE TABLE IF NOT EXISTS metering.agency_daily_rollup
+(
+    day           Date,
+    tenant        String,
+    agency_id     String,
+    agency_level  String,
+    messages      SimpleAggregateFunction(sum, UInt64),
+    tokens_in     SimpleAggregateFunction(sum, UInt64),
+    tokens_out    SimpleAggregateFunction(sum, UInt64),
+    users         AggregateFunction(uniqExact, String)
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (tenant, day, agency_id, agency_level)
+SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE TABLE IF NOT EXISTS metering.model_daily_rollup
+(
+    day           Date,
+    tenant        String,
+    model         String,
+    feature       String,
+    agency_id     String,
+    agency_level  String,
+    messages      SimpleAggregateFunction(sum, UInt64),
+    tokens_in     SimpleAggregateFunction(sum, UInt64),
+    tokens_out    SimpleAggregateFunction(sum, UInt64),
+    users         AggregateFunction(uniqExact, String)
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (tenant, day, model, feature, agency_id, agency_level)
+SETTINGS non_replicated_deduplication_window = 10000;
+
+-- schemas/sql/0004_views.sql (sha256 081c00642c67215c0c920875be6dc96a1570d699f16e29bc9b3e885ac135a916)
+CREATE VIEW IF NOT EXISTS metering.agency_daily AS
+SELECT
+    day,
+    tenant,
+    agency_id,
+    agency_level,
+    sum(messages)          AS messages,
+    sum(tokens_in)         AS tokens_in,
+    sum(tokens_out)        AS tokens_out,
+    uniqExactMerge(users)  AS active_users
+FROM metering.agency_daily_rollup
+GROUP BY day, tenant, agency_id, agency_level;
+
+CREATE VIEW IF NOT EXISTS metering.agency_monthly AS
+SELECT
+    toStartOfMonth(day)    AS month,
+    tenant,
+    agency_id,
+    agency_level,
+    sum(messages)          AS messages,
+    sum(tokens_in)         AS tokens_in,
+    sum(tokens_out)        AS tokens_out,
+    uniqExactMerge(users)  AS active_users
+FROM metering.agency_daily_rollup
+GROUP BY month, tenant, agency_id, agency_level;
+
+CREATE VIEW IF NOT EXISTS metering.monthly_totals AS
+SELECT
+    toStartOfMonth(day)    AS month,
+    tenant,
+    uniqExact(agency_id)   AS agencies,
+    uniqExactMerge(users)  AS active_users,
+    sum(messages)          AS messages,
+    sum(tokens_in)         AS tokens_in,
+    sum(tokens_out)        AS tokens_out
+FROM metering.agency_daily_rollup
+GROUP BY month, tenant;
+
+CREATE VIEW IF NOT EXISTS metering.rejected_events AS
+SELECT
+    received_at,
+    reason,
+    detail,
+    event_id,
+    agency_id,
+    topic,
+    partition,
+    offset,
+    size_bytes,
+    flush_seq
+FROM metering.rejections_log
+WHERE flush_seq IN (SELECT flush_seq FROM metering.flush_ledger);
+
+-- schemas/sql/0005_billing.sql (sha256 73fbd9323d9a9ecac1c1b70fd912f0debce8e5bd32f7d82a9d2615bba01dfb02)
+CREATE TABLE IF NOT EXISTS metering.billing_runs
+(
+    run_id             String,
+    period             String,
+    period_kind        LowCardinality(String),
+    period_start       Date,
+    period_end         Date,
+    version            UInt32,
+    restates_run_id    String,
+    price_book_sha256  String,
+    input_sha256       String,
+    lines              UInt32,
+    messages           UInt64,
+    tokens_in          UInt64,
+    tokens_out         UInt64,
+    charge_usd         Decimal(18, 2),
+    list_value_usd     Decimal(18, 2),
+    created_at         DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (period, version);
+
+CREATE TABLE IF NOT EXISTS metering.billing_lines
+(
+    run_id             String,
+    period             String,
+    tenant             String,
+    agency_id          String,
+    agency_level       String,
+    messages           UInt64,
+    tokens_in          UInt64,
+    tokens_out         UInt64,
+    active_users       UInt64,
+    plan               LowCardinality(String),
+    billable_units     UInt64,
+    charge_usd         Decimal(18, 2),
+    list_value_usd     Decimal(18, 2),
+    models             Array(String),
+    model_tokens_in    Array(UInt64),
+    model_tokens_out   Array(UInt64)
+)
+ENGINE = MergeTree
+ORDER BY (run_id, tenant, agency_id, agency_level);
