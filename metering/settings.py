@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     intake: Annotated[
         Literal["batch", "agent"], Field(validation_alias=_env("METERING_INTAKE"))
     ] = "batch"
+    raw_retention_days: Annotated[
+        int, Field(validation_alias=_env("METERING_RAW_RETENTION_DAYS"), ge=35, le=36500)
+    ] = 400
     health_host: Annotated[str, Field(validation_alias=_env("METERING_HEALTH_HOST"))] = "127.0.0.1"
     health_port: Annotated[
         int, Field(validation_alias=_env("METERING_HEALTH_PORT"), ge=0, le=65535)

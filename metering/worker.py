@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from kafka.structs import TopicPartition
 from metering.health import WorkerHealth, start_health_server
 from metering.kafka_config import kafka_python_options
 from metering.migrations import apply_migrations
+from metering.retention import apply_retention
 from metering.settings import Settings
 from metering.store import connect, describe_store
 from metering.topics import ensure_topics
@@ -75,7 +77,6 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     metrics = Metrics()
     health = WorkerHealth(metrics, role, retry_max_seconds=settings.store_retry_max_seconds)
     health_watch = asyncio.create_task(health.watch())
-    health_server = await _start_health(settings, metrics, health)
     worker_name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     sink: ClickHouseSink | None = None
     client = None
@@ -110,6 +111,13 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     else:
         client = connect(settings.clickhouse_url)
         apply_migrations(client, settings.effective_clickhouse_mode, settings.clickhouse_cluster)
+        apply_retention(
+            client,
+            settings.raw_retention_days,
+            settings.clickhouse_cluster
+            if settings.effective_clickhouse_mode == "cluster"
+            else None,
+        )
         state = recover(client)
         log.info(
             "store ready",
@@ -141,6 +149,9 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         intake.handler = pipeline
     else:
         attach_pipeline(app, settings, pipeline, topic_name=source_topic)
+    health_server = await _start_health(
+        settings, metrics, health, intake.lag if intake is not None else None
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -194,14 +205,17 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
 
 
 async def _start_health(
-    settings: Settings, metrics: Metrics, health: WorkerHealth
+    settings: Settings,
+    metrics: Metrics,
+    health: WorkerHealth,
+    lag: Callable[[], Awaitable[dict[tuple[str, int], int]]] | None,
 ) -> web.AppRunner | None:
     """/healthz and /metrics; port 0 turns them off. A busy port is logged, not fatal."""
     if settings.health_port == 0:
         return None
     try:
         runner = await start_health_server(
-            settings.health_host, settings.health_port, metrics, health.state
+            settings.health_host, settings.health_port, metrics, health.state, lag=lag
         )
     except OSError as error:
         log.warning(

@@ -35,6 +35,7 @@ class BatchIntake:
         self._topic = topic
         self._group = group
         self.handler: BatchHandler | None = None
+        self._next: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
@@ -46,6 +47,22 @@ class BatchIntake:
         tp = TopicPartition(topic, partition)
         offsets = await self._consumer.beginning_offsets([tp])
         return int(offsets.get(tp, 0))
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Messages on the broker not yet handled, per assigned partition."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lags: dict[tuple[str, int], int] = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            handled = self._next.get(tp)
+            if handled is None:
+                handled = await consumer.position(tp)
+            lags[(tp.topic, tp.partition)] = max(0, int(highwater) - int(handled))
+        return lags
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self._settings
@@ -104,6 +121,7 @@ class BatchIntake:
             for tp, batch in records.items()
             if batch
         }
+        self._next.update(offsets)
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as error:

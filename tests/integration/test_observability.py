@@ -60,6 +60,13 @@ def test_metrics_endpoint_shows_the_exact_counts(run: MeteringRun) -> None:
         for reason, count in golden["rejected"].items():
             assert f'govmeter_events_rejected_total{{reason="{reason}"}} {count}' in text
         assert _metric(text, "govmeter_store_errors_total") == 0
+        topic = run.env["METERING_EVENTS_TOPIC"]
+        lag_lines = sorted(
+            line for line in text.splitlines() if line.startswith("govmeter_consumer_lag{")
+        )
+        assert lag_lines == [
+            f'govmeter_consumer_lag{{topic="{topic}",partition="{p}"}} 0' for p in range(3)
+        ]
         status, body = _get(f"http://127.0.0.1:{port}/healthz")
         assert status == 200
         assert json.loads(body)["status"] == "ok"
