@@ -242,7 +242,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         duplicate_rate=args.duplicate_rate,
         late_rate=args.late_rate,
     )
-    progress = Progress("simulate", total=args.messages)
+    progress = Progress("simulate", total=plan.lines)  # duplicates are extra lines
     if args.out is not None:
         written = write_jsonl(plan, args.out, progress=progress.reach)
         progress.done()

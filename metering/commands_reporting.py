@@ -1,7 +1,7 @@
 """The billing and oversight commands: `bill`, `reconcile`, `report adoption`, `access`.
 
 `metering.cli` adds them with `add_reporting_commands` and runs them with
-`run_reporting_command`; `python -m metering.commands_reporting ...` runs them alone.
+`run_reporting_command`.
 Each command opens the store, does its work and closes it (the embedded store can be
 open in one process at a time).
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from metering.billing.periods import Period, PeriodError, fiscal_quarter, fiscal_year, month
-from metering.settings import Settings, SettingsError, load_settings
+from metering.settings import Settings
 
-__all__ = ["COMMANDS", "add_reporting_commands", "main", "run_reporting_command"]
+__all__ = ["COMMANDS", "add_reporting_commands", "run_reporting_command"]
 
 COMMANDS: Final = ("bill", "reconcile", "report", "access")
 
@@ -277,36 +277,3 @@ def _access(args: argparse.Namespace, settings: Settings) -> int:
     if password is not None:
         print(f"password (shown once, hand it over securely): {password}")
     return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="metering", description="Billing and oversight on the metering rollups."
-    )
-    add_reporting_commands(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        settings = load_settings(clickhouse_url=getattr(args, "clickhouse_url", None))
-        result = run_reporting_command(args, settings)
-        return 0 if result is None else result
-    except SettingsError as error:
-        print(f"metering {args.command}: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:
-        from metering.errors import explain
-
-        message = explain(error)
-        if message is None:
-            raise
-        print(f"metering {args.command}: {message}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

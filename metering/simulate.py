@@ -29,15 +29,12 @@ The output is a pure function of the plan: same plan, same bytes.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import heapq
 import itertools
 import math
 import random
 import re
-import sys
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,7 +55,6 @@ __all__ = [
     "SimulationPlan",
     "SimulationStats",
     "generate_events",
-    "main",
     "population_stats",
     "write_jsonl",
 ]
@@ -752,45 +748,3 @@ def write_jsonl(
             return _write_lines(plan, raw, progress)
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as gz:
             return _write_lines(plan, gz, progress)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Write synthetic usage events as JSONL.")
-    p.add_argument("--messages", type=int, required=True)
-    p.add_argument("--out", type=Path, required=True, help="output path; .gz for gzip")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 2))
-    p.add_argument("--days", type=int, default=1)
-    p.add_argument("--agencies", type=int, default=3500)
-    p.add_argument("--users", type=int, default=90000)
-    p.add_argument("--duplicate-rate", type=float, default=0.0)
-    p.add_argument("--late-rate", type=float, default=0.0)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m metering.simulate --messages N --out events.jsonl.gz``."""
-    args = _parser().parse_args(argv)
-    plan = SimulationPlan(
-        messages=args.messages,
-        seed=args.seed,
-        start=args.start,
-        days=args.days,
-        agencies=args.agencies,
-        users=args.users,
-        duplicate_rate=args.duplicate_rate,
-        late_rate=args.late_rate,
-    )
-    began = time.perf_counter()
-    lines = write_jsonl(plan, args.out, lambda n: print(f"{n:,} lines", file=sys.stderr))
-    elapsed = time.perf_counter() - began
-    rate = lines / elapsed if elapsed > 0 else 0.0
-    print(f"wrote {lines:,} lines to {args.out} in {elapsed:.1f}s ({rate:,.0f}/s)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

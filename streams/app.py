@@ -28,6 +28,7 @@ __all__ = [
     "attach_pipeline",
     "broker_urls",
     "build_app",
+    "send_acknowledged",
 ]
 
 
@@ -118,6 +119,17 @@ def _source_message(message: Any) -> SourceMessage:
     )
 
 
+async def send_acknowledged(
+    app: faust.App, topic: str, messages: Sequence[tuple[bytes | None, bytes]]
+) -> None:
+    """Send every (key, value) with the app's producer; return once all are acknowledged."""
+    producer = app.producer
+    pending = [await producer.send(topic, key, value, None, None, None) for key, value in messages]
+    await producer.flush()
+    for delivery in pending:
+        await delivery
+
+
 class FaustPackagePublisher:
     """Publishes flush packages to the relay topic and waits for every ack."""
 
@@ -126,14 +138,7 @@ class FaustPackagePublisher:
         self._topic = topic
 
     async def __call__(self, packages: Sequence[tuple[bytes, bytes]]) -> None:
-        producer = self._app.producer
-        pending = [
-            await producer.send(self._topic, key, value, None, None, None)
-            for key, value in packages
-        ]
-        await producer.flush()
-        for delivery in pending:
-            await delivery
+        await send_acknowledged(self._app, self._topic, packages)
 
 
 class FaustDeadLetterPublisher:
@@ -144,11 +149,6 @@ class FaustDeadLetterPublisher:
         self._topic = topic
 
     async def publish(self, letters: Sequence[DeadLetter]) -> None:
-        producer = self._app.producer
-        pending = [
-            await producer.send(self._topic, letter.key, letter.value, None, None, None)
-            for letter in letters
-        ]
-        await producer.flush()
-        for delivery in pending:
-            await delivery
+        await send_acknowledged(
+            self._app, self._topic, [(letter.key, letter.value) for letter in letters]
+        )

@@ -2,7 +2,7 @@
 
 The corpus is replayed to a real Kafka broker once for this module and counted by the
 worker into chDB; every command then runs as a subprocess (`python -m
-metering.commands_reporting ...`) after the worker has exited. Only the billing test
+metering.cli ...`) after the worker has exited. Only the billing test
 adds an event (a late one, in October 2026); the report tests read November 2026, or
 compare periods that include October with the store's own raw figures.
 """
@@ -65,7 +65,7 @@ def corpus(kafka_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 
 def reporting(run: MeteringRun, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "metering.commands_reporting", *args],
+        [sys.executable, "-m", "metering.cli", *args],
         env=run.env,
         cwd=run.workdir,
         capture_output=True,

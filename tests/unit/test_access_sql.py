@@ -100,7 +100,7 @@ def test_apply_on_the_embedded_store_says_there_is_no_access_control(tmp_path: P
         [
             sys.executable,
             "-m",
-            "metering.commands_reporting",
+            "metering.cli",
             "access",
             "agency-user",
             "--agency",

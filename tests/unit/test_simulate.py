@@ -16,7 +16,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from metering.simulate import SimulationPlan, generate_events, population_stats, write_jsonl
+from metering.simulate import (
+    MODELS,
+    SimulationPlan,
+    generate_events,
+    population_stats,
+    write_jsonl,
+)
 
 TENANT_RE = re.compile(r"[a-z0-9-]{1,64}")
 AGENCY_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -62,9 +68,11 @@ def check_event(line: bytes) -> dict[str, object]:
     assert TENANT_RE.fullmatch(event["tenant"])
     assert AGENCY_RE.fullmatch(event["agency_id"])
     assert event["agency_level"] in LEVELS
-    for key, limit in (("user_id", 128), ("conversation_id", 128), ("model", 64)):
-        assert isinstance(event[key], str)
-        assert 1 <= len(event[key]) <= limit
+    # The simulator's exact id shapes (well inside the contract's 128-character limit)
+    # and its exact model list.
+    assert re.fullmatch(r"u-[0-9a-f]{12}", event["user_id"])
+    assert re.fullmatch(r"c-[0-9a-f]{20}", event["conversation_id"])
+    assert event["model"] in {name for name, *_ in MODELS}
     for key in ("tokens_in", "tokens_out"):
         assert type(event[key]) is int
         assert 0 <= event[key] <= 1_000_000
