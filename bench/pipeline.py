@@ -37,7 +37,13 @@ from bench.rows import (
     run_quix,
 )
 from bench.table import Measurement, format_ratios, format_table
-from bench.topic import create_topic, delete_topics_containing, publish
+from bench.topic import (
+    count_lines,
+    create_topic,
+    delete_topics_containing,
+    publish,
+    topic_messages,
+)
 from bench.worklog import WorkerTimeline, describe
 from metering.simulate import SimulationPlan, generate_events
 
@@ -79,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds per contender before it is killed")
     p.add_argument("--work-dir", type=Path, help="stores and logs (default: a temp directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory and topics")
+    p.add_argument(
+        "--topic",
+        help="use this topic, kept afterwards: published once when it does not hold the "
+        "run's events yet, read as it is when it does (the reference is recomputed)",
+    )
     p.add_argument("--json-out", type=Path, help="also write the figures as JSON")
     return p
 
@@ -178,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     days = args.days or max(1, args.messages // _MESSAGES_PER_DAY)
     plan = SimulationPlan(messages=args.messages, days=days, seed=args.seed)
     run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
-    topic = f"govmeter-bench-{run_id}"
+    topic = args.topic or f"govmeter-bench-{run_id}"
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="govmeter-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     quix_version = "-"
@@ -203,14 +214,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     try:
-        _say(f"work directory {work}; creating {topic} ({args.partitions} partitions)")
-        create_topic(args.bootstrap, topic, args.partitions)
-        _say(f"generating and publishing {plan.messages:,} events over {days} day(s) ...")
-        published = publish(args.bootstrap, topic, reference.observe(generate_events(plan)))
-        _say(
-            f"published {published.messages:,} in {published.seconds:.1f} s "
-            f"({published.rate:,.0f}/s); {len(reference.totals):,} agency-days"
-        )
+        held = topic_messages(args.bootstrap, topic) if args.topic else None
+        if held == plan.messages:
+            _say(f"work directory {work}; {topic} holds {held:,} messages: reading it as it is")
+            published = count_lines(reference.observe(generate_events(plan)))
+        else:
+            if held is not None:
+                raise SystemExit(
+                    f"--topic {topic}: holds {held:,} messages, not the {plan.messages:,} of "
+                    "this run; delete it or name a new topic"
+                )
+            _say(f"work directory {work}; creating {topic} ({args.partitions} partitions)")
+            create_topic(args.bootstrap, topic, args.partitions)
+            _say(f"generating and publishing {plan.messages:,} events over {days} day(s) ...")
+            published = publish(args.bootstrap, topic, reference.observe(generate_events(plan)))
+            _say(
+                f"published {published.messages:,} in {published.seconds:.1f} s "
+                f"({published.rate:,.0f}/s); {len(reference.totals):,} agency-days"
+            )
         rows, timeline = _run_rows(bench, wanted)
     finally:
         if not args.keep:
@@ -226,7 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours = next((m for m in rows if m.key == "2"), None)
     report = [
         _header(args, plan, topic, quix_version),
-        f"published at {published.rate:,.0f} events/s (replay producer); checks: totals of "
+        (
+            f"topic {topic} published before this run (--topic)"
+            if held == plan.messages
+            else f"published at {published.rate:,.0f} events/s (replay producer)"
+        )
+        + "; checks: totals of "
         f"every agency-day, distinct users on {users_scope}",
         "",
         format_table(rows),

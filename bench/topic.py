@@ -6,12 +6,20 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from metering.replay import publish_lines
 from metering.settings import load_settings
 
-__all__ = ["Published", "create_topic", "delete_topics_containing", "publish"]
+__all__ = [
+    "Published",
+    "count_lines",
+    "create_topic",
+    "delete_topics_containing",
+    "publish",
+    "topic_messages",
+]
 
 
 @dataclass(frozen=True)
@@ -61,3 +69,25 @@ def delete_topics_containing(bootstrap: str, marker: str) -> list[str]:
         return names
     finally:
         admin.close()
+
+
+def topic_messages(bootstrap: str, topic: str) -> int | None:
+    """Messages the topic holds (end minus beginning offsets), or None when it does not exist."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), client_id="govmeter-bench")
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = consumer.end_offsets(tps)
+        begins = consumer.beginning_offsets(tps)
+        return sum(int(ends[tp]) - int(begins[tp]) for tp in tps)
+    finally:
+        consumer.close()
+
+
+def count_lines(lines: Iterable[bytes]) -> Published:
+    """Run through `lines` without publishing them (the topic already holds them)."""
+    began = time.perf_counter()
+    count = sum(1 for _ in lines)
+    return Published(count, time.perf_counter() - began)

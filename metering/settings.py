@@ -105,11 +105,24 @@ class Settings(BaseSettings):
     raw_retention_days: Annotated[
         int, Field(validation_alias=_env("METERING_RAW_RETENTION_DAYS"), ge=35, le=36500)
     ] = 400
+    dedupe_filter_mb: Annotated[
+        int, Field(validation_alias=_env("METERING_DEDUPE_FILTER_MB"), ge=0, le=4096)
+    ] = 64
     health_host: Annotated[str, Field(validation_alias=_env("METERING_HEALTH_HOST"))] = "127.0.0.1"
     health_port: Annotated[
         int, Field(validation_alias=_env("METERING_HEALTH_PORT"), ge=0, le=65535)
     ] = 9464
     worker_name: Annotated[str, Field(validation_alias=_env("METERING_WORKER_NAME"))] = ""
+
+    @field_validator("dedupe_filter_mb")
+    @classmethod
+    def _power_of_two_or_off(cls, value: int) -> int:
+        if value and value & (value - 1):
+            raise ValueError(
+                "must be a power of two (e.g. 64 MiB holds 18 million ids at a 0.1% "
+                "false-positive rate), or 0 to look every event id up in the store"
+            )
+        return value
 
     @field_validator("clickhouse_url")
     @classmethod

@@ -43,6 +43,7 @@ from streams.pipeline import MeteringPipeline
 from streams.positions import Positions
 from streams.recovery import recover
 from streams.relay import NoDeadLetters, ProcessorPipeline, StoreOwnerPipeline
+from streams.seen_ids import load_from_store
 from streams.sink import ClickHouseSink
 
 __all__ = ["ROLES", "IntakeError", "WorkerSummary", "run_worker"]
@@ -129,6 +130,18 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
                 "flushes_reapplied": state.flushes_reapplied,
             },
         )
+        seen_ids = None
+        if settings.dedupe_filter_mb:
+            began = time.monotonic()
+            seen_ids = load_from_store(client, settings.dedupe_filter_mb)
+            log.info(
+                "dedupe filter loaded",
+                extra={
+                    "ids": seen_ids.ids_added,
+                    "size_mib": settings.dedupe_filter_mb,
+                    "seconds": round(time.monotonic() - began, 3),
+                },
+            )
         sink = ClickHouseSink(
             client,
             FaustDeadLetterPublisher(app, settings.dlq_topic) if role == "all" else NoDeadLetters(),
@@ -137,6 +150,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             retry_max_seconds=settings.store_retry_max_seconds,
             faults=FaultPlan.from_environment(),
             metrics=metrics,
+            seen_ids=seen_ids,
         )
         positions = Positions(state.resume_offsets)
         if role == "all":

@@ -1,6 +1,7 @@
 """The ClickHouse sink: one flush per batch, written as numbered steps.
 
-    1. look up which event ids were already counted (committed flushes only)
+    1. look up which event ids were already counted (committed flushes only); an
+       in-memory filter of committed ids clears most of them, the store judges the rest
     2. stage the newly counted events and the rejections, tagged with the flush
     3. publish the dead-letter copies and wait for the broker's acknowledgement
     4. COMMIT: write the flush's ledger rows (one insert: all or nothing)
@@ -28,13 +29,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import numpy as np
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from streams import ledger_sql
-from streams.batch import ClassifiedBatch
+from streams.batch import ClassifiedBatch, ValidMessage
 from streams.dead_letter import DeadLetterPublisher, dead_letter_for
 from streams.faults import FaultPlan
 from streams.metrics import Metrics
+from streams.seen_ids import SeenIdFilter, id_halves
 
 __all__ = ["ClickHouseSink", "FlushResult"]
 
@@ -65,6 +69,7 @@ class ClickHouseSink:
         retry_max_seconds: float = 30.0,
         faults: FaultPlan | None = None,
         metrics: Metrics | None = None,
+        seen_ids: SeenIdFilter | None = None,
     ) -> None:
         self._client = client
         self._dead_letters = dead_letters
@@ -75,6 +80,8 @@ class ClickHouseSink:
         self._faults = faults or FaultPlan()
         self._metrics = metrics or Metrics()
         self._flushes_started = 0
+        # Ids of committed flushes; None looks every id up in the store.
+        self._seen_ids = seen_ids
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
 
     def close(self) -> None:
@@ -103,8 +110,15 @@ class ClickHouseSink:
             timings[step] = round(clock() - started - sum(timings.values()), 4)
 
         # 1. Which of the batch's event ids were counted before (by any partition)?
+        #    The filter clears most ids in memory; the store judges the rest.
         ids = [valid.event.event_id for valid in batch.valid]
-        already = await self._store("look up counted ids", lambda: self._already_counted(ids))
+        halves = id_halves(ids)
+        if self._seen_ids is None:
+            ask = ids
+        else:
+            maybe = self._seen_ids.maybe_seen(halves).tolist()
+            ask = [event_id for event_id, flagged in zip(ids, maybe, strict=True) if flagged]
+        already = await self._store("look up counted ids", lambda: self._already_counted(ask))
         new = [valid for valid in batch.valid if valid.event.event_id not in already]
         for valid in batch.valid:
             if valid.event.event_id in already:
@@ -115,17 +129,12 @@ class ClickHouseSink:
         lap("lookup")
 
         # 2. Stage counted events and rejections, tagged with the flush.
-        event_rows = [_counted_event_row(v, seq, now) for v in new]
         rejection_rows = [_rejection_row(r, seq, now) for r in batch.rejected]
-        if event_rows:
+        if new:
+            events = counted_events_table(new, seq, now)
             await self._store(
                 "stage counted events",
-                lambda: self._insert(
-                    "metering.counted_events",
-                    event_rows,
-                    ledger_sql.COUNTED_EVENT_COLUMNS,
-                    f"{token}-events",
-                ),
+                lambda: self._insert_columns("metering.counted_events", events, f"{token}-events"),
             )
         if rejection_rows:
             await self._store(
@@ -170,6 +179,8 @@ class ClickHouseSink:
                 "metering.flush_ledger", ledger_rows, ledger_sql.LEDGER_COLUMNS, f"{token}-ledger"
             ),
         )
+        if self._seen_ids is not None:
+            self._seen_ids.add(halves[np.array([i not in already for i in ids], dtype=np.bool_)])
         self._faults.maybe_crash("after_commit", seq)
         lap("commit")
 
@@ -195,6 +206,7 @@ class ClickHouseSink:
                 "counted": result.counted,
                 "duplicates": result.duplicates,
                 "rejected": result.rejected,
+                "ids_looked_up": len(ask),
                 "seconds": round(seconds, 4),
                 "step_seconds": timings,
             },
@@ -217,6 +229,14 @@ class ClickHouseSink:
             table,
             rows,
             column_names=list(columns),
+            settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
+        )
+
+    def _insert_columns(self, table: str, columns: pa.Table, token: str) -> None:
+        self._faults.maybe_fail_store()
+        self._client.insert_arrow(
+            table,
+            columns,
             settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
         )
 
@@ -277,27 +297,36 @@ def apply_flush(client: Client, seq: int, faults: FaultPlan | None = None) -> No
     )
 
 
-def _counted_event_row(valid: Any, seq: int, now: datetime) -> list[Any]:
-    event = valid.event
-    source = valid.source
-    return [
-        uuid.UUID(event.event_id),
-        event.occurred_at,
-        event.tenant,
-        event.agency_id,
-        event.agency_level,
-        event.user_id,
-        event.conversation_id,
-        event.model,
-        event.feature,
-        event.tokens_in,
-        event.tokens_out,
-        source.topic,
-        source.partition,
-        source.offset,
-        seq,
-        now,
-    ]
+_UTC_MILLISECONDS = pa.timestamp("ms", tz="UTC")
+
+
+def counted_events_table(new: Sequence[ValidMessage], seq: int, now: datetime) -> pa.Table:
+    """The staged rows of one flush, column by column (`COUNTED_EVENT_COLUMNS`)."""
+    events = [valid.event for valid in new]
+    sources = [valid.source for valid in new]
+    rows = len(new)
+    columns: dict[str, pa.Array] = {
+        "event_id": pa.array(
+            [bytes.fromhex(e.event_id.replace("-", "")) for e in events], pa.binary(16)
+        ),
+        "occurred_at": pa.array([e.occurred_at for e in events], _UTC_MILLISECONDS),
+        "tenant": pa.array([e.tenant for e in events], pa.string()),
+        "agency_id": pa.array([e.agency_id for e in events], pa.string()),
+        "agency_level": pa.array([e.agency_level for e in events], pa.string()),
+        "user_id": pa.array([e.user_id for e in events], pa.string()),
+        "conversation_id": pa.array([e.conversation_id for e in events], pa.string()),
+        "model": pa.array([e.model for e in events], pa.string()),
+        "feature": pa.array([e.feature for e in events], pa.string()),
+        "tokens_in": pa.array([e.tokens_in for e in events], pa.uint32()),
+        "tokens_out": pa.array([e.tokens_out for e in events], pa.uint32()),
+        "topic": pa.array([s.topic for s in sources], pa.string()),
+        "partition": pa.array([s.partition for s in sources], pa.uint32()),
+        "offset": pa.array([s.offset for s in sources], pa.uint64()),
+        "flush_seq": pa.repeat(pa.scalar(seq, pa.uint64()), rows),
+        "ingested_at": pa.repeat(pa.scalar(now, _UTC_MILLISECONDS), rows),
+    }
+    assert tuple(columns) == ledger_sql.COUNTED_EVENT_COLUMNS
+    return pa.table(columns)
 
 
 def _rejection_row(rejected: Any, seq: int, now: datetime) -> list[Any]:
