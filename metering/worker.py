@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -172,6 +173,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    _tune_garbage_collector()
     await app.start()
     intake_task = asyncio.create_task(intake.run(stop)) if intake is not None else None
     if intake_task is not None:
@@ -205,6 +207,8 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     health_watch.cancel()
     if health_server is not None:
         await health_server.cleanup()
+    if isinstance(pipeline, MeteringPipeline):
+        pipeline.close()
     if sink is not None:
         sink.close()
     if client is not None:
@@ -216,6 +220,16 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     summary = WorkerSummary(time.monotonic() - started, metrics.summary())
     log.info("worker stopped", extra={"seconds": round(summary.seconds, 3), **summary.metrics})
     return summary
+
+
+def _tune_garbage_collector() -> None:
+    """Collect cycles less often: a batch allocates a few objects per event that all
+    live until its flush, and the default thresholds (700 allocations) made the cyclic
+    collector rescan them over and over, about 30% of classification time. What was
+    allocated at startup (modules, faust, pydantic) is frozen out of every scan."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 50)
 
 
 async def _start_health(

@@ -6,6 +6,11 @@ but not that cost. This intake uses aiokafka, faust's own Kafka driver, in the s
 consumer group protocol: `getmany` returns up to a batch of records, the pipeline
 flushes them, and only then are the offsets committed. The ledger stays the source
 of truth, exactly as with the agent intake (`streams.app.attach_pipeline`).
+
+A handler that can `prepare` a batch apart from flushing it (`StagedHandler`, the
+metering pipeline) is driven two batches deep: batch N+1 is read and classified
+while batch N is being flushed. Flushes still run one at a time, in order, and a
+batch's offsets are committed only after its own flush.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
+from typing import NoReturn, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -22,9 +28,19 @@ from aiokafka.structs import TopicPartition
 from metering.kafka_config import aiokafka_options
 from metering.settings import Settings
 from streams.app import BatchHandler
-from streams.batch import SourceMessage
+from streams.batch import ClassifiedBatch, SourceMessage
 
-__all__ = ["BatchIntake"]
+__all__ = ["BatchIntake", "StagedHandler"]
+
+Records = dict[TopicPartition, list[object]]
+
+
+@runtime_checkable
+class StagedHandler(Protocol):
+    async def prepare(self, messages: Sequence[SourceMessage]) -> ClassifiedBatch | None: ...
+
+    async def flush(self, batch: ClassifiedBatch) -> object: ...
+
 
 log = logging.getLogger("govmeter.intake")
 
@@ -82,6 +98,7 @@ class BatchIntake:
         )
         self._consumer = consumer
         await consumer.start()
+        in_flight: tuple[asyncio.Task[object] | None, Records] | None = None
         try:
             while not stop.is_set():
                 records = await consumer.getmany(
@@ -93,28 +110,70 @@ class BatchIntake:
                     for partition_records in records.values()
                     for r in partition_records
                 ]
-                if not messages:
+                if not isinstance(self.handler, StagedHandler):
+                    if messages:
+                        await self._handle(messages)
+                        await self._commit(records)
                     continue
-                await self._handle(messages)
-                await self._commit(records)
+                if not messages:
+                    await self._finish(in_flight)
+                    in_flight = None
+                    continue
+                batch = await self._prepare(self.handler, messages)
+                await self._finish(in_flight)
+                in_flight = None
+                if stop.is_set():
+                    break  # not flushed, not committed: read again after a restart
+                flushing = None
+                if batch is not None:
+                    flushing = asyncio.ensure_future(self._flush(self.handler, batch))
+                in_flight = (flushing, records)
+            await self._finish(in_flight)
         finally:
             await consumer.stop()
             self._consumer = None
+
+    async def _prepare(
+        self, handler: StagedHandler, messages: Sequence[SourceMessage]
+    ) -> ClassifiedBatch | None:
+        try:
+            return await handler.prepare(messages)
+        except Exception as error:
+            self._fail(error)
+
+    async def _flush(self, handler: StagedHandler, batch: ClassifiedBatch) -> object:
+        try:
+            return await handler.flush(batch)
+        except Exception as error:
+            self._fail(error)
+
+    async def _finish(self, in_flight: tuple[asyncio.Task[object] | None, Records] | None) -> None:
+        """Wait for the batch in flight to be flushed, then commit its offsets."""
+        if in_flight is None:
+            return
+        flushing, records = in_flight
+        if flushing is not None:
+            await flushing
+        await self._commit(records)
 
     async def _handle(self, messages: Sequence[SourceMessage]) -> None:
         assert self.handler is not None, "set BatchIntake.handler before run()"
         try:
             await self.handler.handle(messages)
         except Exception as error:
-            # Nothing of this batch is committed; a restart begins again at the ledger.
-            log.critical(
-                "pipeline failed; exiting without committing the batch",
-                extra={"error": type(error).__name__, "error_message": str(error)[:500]},
-            )
-            logging.shutdown()
-            os._exit(70)
+            self._fail(error)
 
-    async def _commit(self, records: dict[TopicPartition, list[object]]) -> None:
+    @staticmethod
+    def _fail(error: Exception) -> NoReturn:
+        # Nothing of this batch is committed; a restart begins again at the ledger.
+        log.critical(
+            "pipeline failed; exiting without committing the batch",
+            extra={"error": type(error).__name__, "error_message": str(error)[:500]},
+        )
+        logging.shutdown()
+        os._exit(70)
+
+    async def _commit(self, records: Records) -> None:
         assert self._consumer is not None
         offsets = {
             tp: batch[-1].offset + 1  # type: ignore[attr-defined]

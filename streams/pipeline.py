@@ -1,18 +1,26 @@
-"""What the agent does with each batch of Kafka messages: admit, classify, flush.
+"""What the worker does with each batch of Kafka messages: admit, classify, flush.
 
 Admission compares every message with the ledger's resume position of its
 partition: already counted messages are skipped, a jump past uncounted offsets
 makes the consumer seek back. Then the batch is classified and flushed; the caller
-acknowledges the messages only after `handle` returns.
+acknowledges the messages only after the flush returns.
+
+`prepare` (admit and classify) and `flush` are separate so that the batch intake can
+classify batch N+1 on one thread while batch N is flushed on the store thread: the
+store releases the interpreter lock while it works, so both cores are busy. Flushes
+still happen one at a time and in order, so each one's dedupe lookup sees every
+earlier flush committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
-from streams.batch import SourceMessage, classify_batch
+from streams.batch import ClassifiedBatch, SourceMessage, classify_batch
 from streams.metrics import Metrics
 from streams.positions import Admission, Positions
 from streams.sink import ClickHouseSink, FlushResult
@@ -41,21 +49,42 @@ class MeteringPipeline:
         self._seek = seek
         self._earliest_offset = earliest_offset
         self.last_activity = time.monotonic()
-        self.busy = False
+        self._working = 0
+        self._classifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")
+
+    @property
+    def busy(self) -> bool:
+        return self._working > 0
+
+    def close(self) -> None:
+        self._classifier.shutdown(wait=True)
 
     async def handle(self, messages: Sequence[SourceMessage]) -> FlushResult | None:
-        self.busy = True
+        batch = await self.prepare(messages)
+        return None if batch is None else await self.flush(batch)
+
+    async def prepare(self, messages: Sequence[SourceMessage]) -> ClassifiedBatch | None:
+        """Admit and classify a batch (off the event loop); None when nothing is new."""
+        self._working += 1
         try:
             self.last_activity = time.monotonic()
             self.metrics.events_in.inc(len(messages))
             admitted = await self._admit(messages)
             if not admitted:
                 return None
-            result = await self.sink.flush(classify_batch(admitted))
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._classifier, classify_batch, admitted)
+        finally:
+            self._working -= 1
+
+    async def flush(self, batch: ClassifiedBatch) -> FlushResult:
+        self._working += 1
+        try:
+            result = await self.sink.flush(batch)
             self.last_activity = time.monotonic()
             return result
         finally:
-            self.busy = False
+            self._working -= 1
 
     async def _admit(self, messages: Sequence[SourceMessage]) -> list[SourceMessage]:
         admitted: list[SourceMessage] = []

@@ -28,7 +28,7 @@ import numpy.typing as npt
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-__all__ = ["SeenIdFilter", "id_halves", "load_from_store"]
+__all__ = ["Halves", "SeenIdFilter", "id_halves", "load_from_store"]
 
 _HASHES: Final = 3
 _U64 = np.uint64

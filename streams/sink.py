@@ -38,7 +38,7 @@ from streams.batch import ClassifiedBatch, ValidMessage
 from streams.dead_letter import DeadLetterPublisher, dead_letter_for
 from streams.faults import FaultPlan
 from streams.metrics import Metrics
-from streams.seen_ids import SeenIdFilter, id_halves
+from streams.seen_ids import Halves, SeenIdFilter, id_halves
 
 __all__ = ["ClickHouseSink", "FlushResult"]
 
@@ -54,6 +54,13 @@ class FlushResult:
     counted: int
     duplicates: int
     rejected: int
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    new: list[ValidMessage]
+    new_halves: Halves
+    asked: int
 
 
 class ClickHouseSink:
@@ -111,30 +118,23 @@ class ClickHouseSink:
 
         # 1. Which of the batch's event ids were counted before (by any partition)?
         #    The filter clears most ids in memory; the store judges the rest.
-        ids = [valid.event.event_id for valid in batch.valid]
-        halves = id_halves(ids)
-        if self._seen_ids is None:
-            ask = ids
-        else:
-            maybe = self._seen_ids.maybe_seen(halves).tolist()
-            ask = [event_id for event_id, flagged in zip(ids, maybe, strict=True) if flagged]
-        already = await self._store("look up counted ids", lambda: self._already_counted(ask))
-        new = [valid for valid in batch.valid if valid.event.event_id not in already]
-        for valid in batch.valid:
-            if valid.event.event_id in already:
-                batch.range_of(valid.source).duplicates += 1
-            else:
-                batch.range_of(valid.source).counted += 1
+        #    (Runs on the store thread, like every step: the event loop stays free to
+        #    read and classify the next batch meanwhile.)
+        lookup = await self._store("look up counted ids", lambda: self._look_up(batch))
+        new = lookup.new
         self._faults.maybe_crash("after_lookup", seq)
         lap("lookup")
 
         # 2. Stage counted events and rejections, tagged with the flush.
         rejection_rows = [_rejection_row(r, seq, now) for r in batch.rejected]
         if new:
-            events = counted_events_table(new, seq, now)
             await self._store(
                 "stage counted events",
-                lambda: self._insert_columns("metering.counted_events", events, f"{token}-events"),
+                lambda: self._insert_columns(
+                    "metering.counted_events",
+                    counted_events_table(new, seq, now),
+                    f"{token}-events",
+                ),
             )
         if rejection_rows:
             await self._store(
@@ -180,7 +180,7 @@ class ClickHouseSink:
             ),
         )
         if self._seen_ids is not None:
-            self._seen_ids.add(halves[np.array([i not in already for i in ids], dtype=np.bool_)])
+            self._seen_ids.add(lookup.new_halves)
         self._faults.maybe_crash("after_commit", seq)
         lap("commit")
 
@@ -206,7 +206,7 @@ class ClickHouseSink:
                 "counted": result.counted,
                 "duplicates": result.duplicates,
                 "rejected": result.rejected,
-                "ids_looked_up": len(ask),
+                "ids_looked_up": lookup.asked,
                 "seconds": round(seconds, 4),
                 "step_seconds": timings,
             },
@@ -214,6 +214,27 @@ class ClickHouseSink:
         return result
 
     # -- store access -------------------------------------------------------
+
+    def _look_up(self, batch: ClassifiedBatch) -> _Lookup:
+        """Step 1 on the store thread: ask the store about the ids the filter cannot
+        clear, then count each valid message as counted or duplicate in its range."""
+        ids = [valid.event.event_id for valid in batch.valid]
+        halves = id_halves(ids)
+        if self._seen_ids is None:
+            ask = ids
+        else:
+            maybe = self._seen_ids.maybe_seen(halves).tolist()
+            ask = [event_id for event_id, flagged in zip(ids, maybe, strict=True) if flagged]
+        already = self._already_counted(ask)
+        is_new = [event_id not in already for event_id in ids]
+        new: list[ValidMessage] = []
+        for valid, fresh in zip(batch.valid, is_new, strict=True):
+            if fresh:
+                new.append(valid)
+                batch.range_of(valid.source).counted += 1
+            else:
+                batch.range_of(valid.source).duplicates += 1
+        return _Lookup(new, halves[np.array(is_new, dtype=np.bool_)], len(ask))
 
     def _already_counted(self, ids: Sequence[str]) -> set[str]:
         if not ids:
