@@ -8,8 +8,9 @@ transform:
 - `embedded` (chDB) and `server` (one ClickHouse server): the statement unchanged.
 - `cluster` (a cluster named in the servers' `remote_servers`, ONE shard, any number of
   replicas, with ClickHouse Keeper and the `{shard}` and `{replica}` macros defined):
-    1. `add_on_cluster`: `CREATE DATABASE|TABLE|VIEW ...`, `ALTER TABLE ...` and
-       `DROP ...` get `ON CLUSTER '<name>'`, so one statement runs on every host;
+    1. `add_on_cluster`: `CREATE [OR REPLACE] DATABASE|TABLE|VIEW ...`, `ALTER TABLE ...`
+       and `DROP ...` get `ON CLUSTER '<name>'`, so one statement runs on every host
+       (`INSERT INTO` backfills run once, on the connected replica, and replicate);
     2. `replicate_engine`: `ENGINE = <X>MergeTree[(args)]` becomes
        `ENGINE = Replicated<X>MergeTree('/clickhouse/tables/{shard}/{database}/{table}',
        '{replica}'[, args])`; a table on any other engine is refused, because every
@@ -101,12 +102,14 @@ CLUSTER_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*|\{[A-Za-z_][A-Za-
 # after the name: the cluster clause goes between the two.
 _DDL_HEAD: Final = re.compile(
     r"\A(?P<head>"
-    r"CREATE\s+(?P<create>DATABASE|TABLE|(?:MATERIALIZED\s+)?VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"CREATE\s+(?:OR\s+REPLACE\s+)?(?P<create>DATABASE|TABLE|(?:MATERIALIZED\s+)?VIEW)\s+"
+    r"(?:IF\s+NOT\s+EXISTS\s+)?"
     r"|ALTER\s+TABLE\s+"
     r"|DROP\s+(?:DATABASE|TABLE|VIEW)\s+(?:IF\s+EXISTS\s+)?"
     r")(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)(?P<rest>(?=[\s(]|\Z).*)\Z",
     re.IGNORECASE | re.DOTALL,
 )
+_DATA_STATEMENT: Final = re.compile(r"\A\s*INSERT\s+INTO\s", re.IGNORECASE)
 _ON_CLUSTER: Final = re.compile(r"\s+ON\s+CLUSTER\b", re.IGNORECASE)
 
 # `ENGINE = MergeTree`, `ENGINE = AggregatingMergeTree()`, `ENGINE = ReplacingMergeTree(v)`:
@@ -200,6 +203,10 @@ def render_statement(statement: str, mode: DeploymentMode, cluster: str | None =
     if mode != "cluster":
         return statement
     assert cluster is not None
+    if _DATA_STATEMENT.match(statement):
+        # A one-time backfill: it runs on the replica the migration is connected to, and
+        # the replicated table hands the inserted parts to every other replica.
+        return statement
     rendered = add_on_cluster(statement, cluster)
     rendered = replicate_engine(rendered)
     return replicate_dedup_window(rendered)

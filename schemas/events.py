@@ -33,6 +33,8 @@ CONTENT_FIELDS: Final = ("content", "prompt", "completion", "text", "messages")
 # ClickHouse `Date` covers 1970-01-01 .. 2149-06-06; an event outside it has no day row.
 _EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST: Final = datetime(2149, 6, 6, tzinfo=UTC)
+_EARLIEST_DAY: Final = _EARLIEST.date().isoformat()
+_LATEST_DAY: Final = _LATEST.date().isoformat()
 
 _RFC3339 = re.compile(
     r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]"
@@ -52,11 +54,13 @@ def parse_rfc3339(value: str) -> datetime:
     """
     if _COMMON_UTC.fullmatch(value) is not None:
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value)  # tzinfo is UTC: the string ends in Z
         except ValueError:
             raise ValueError("not a calendar date and time") from None
-        parsed = parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
-        if not _EARLIEST <= parsed < _LATEST:
+        if len(value) > 24:  # more than 3 fractional digits
+            parsed = parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+        # Fixed-width ASCII digits: comparing the date text is comparing the dates.
+        if not _EARLIEST_DAY <= value[:10] < _LATEST_DAY:
             raise ValueError("must lie between 1970-01-01 and 2149-06-05 (UTC)")
         return parsed
     match = _RFC3339.fullmatch(value)

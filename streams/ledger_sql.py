@@ -91,6 +91,38 @@ WHERE flush_seq = {flush_seq:UInt64}
 GROUP BY day, tenant, model, feature, agency_id, agency_level
 ORDER BY day, tenant, model, feature, agency_id, agency_level
 """,
+    "agency_monthly_rollup": """
+INSERT INTO metering.agency_monthly_rollup
+SELECT toStartOfMonth(toDate(occurred_at)) AS month, tenant, agency_id,
+       toString(agency_level) AS agency_level,
+       count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
+       uniqExactState(user_id) AS users
+FROM metering.counted_events
+WHERE flush_seq = {flush_seq:UInt64}
+GROUP BY month, tenant, agency_id, agency_level
+ORDER BY month, tenant, agency_id, agency_level
+""",
+    "model_monthly_rollup": """
+INSERT INTO metering.model_monthly_rollup
+SELECT toStartOfMonth(toDate(occurred_at)) AS month, tenant, toString(model) AS model,
+       agency_id,
+       count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
+       uniqExactState(user_id) AS users
+FROM metering.counted_events
+WHERE flush_seq = {flush_seq:UInt64}
+GROUP BY month, tenant, model, agency_id
+ORDER BY month, tenant, model, agency_id
+""",
+    "tenant_daily_rollup": """
+INSERT INTO metering.tenant_daily_rollup
+SELECT toDate(occurred_at) AS day, tenant,
+       count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
+       uniqExactState(agency_id) AS agencies, uniqExactState(user_id) AS users
+FROM metering.counted_events
+WHERE flush_seq = {flush_seq:UInt64}
+GROUP BY day, tenant
+ORDER BY day, tenant
+""",
 }
 
 APPLY_SETTINGS: Final = {"max_threads": 1, "max_insert_threads": 1, "insert_deduplicate": 1}

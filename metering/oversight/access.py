@@ -36,6 +36,8 @@ VIEWS: Final = ("metering.agency_daily", "metering.agency_monthly", "metering.mo
 BASE_TABLES: Final = (
     "metering.agency_daily_rollup",
     "metering.model_daily_rollup",
+    "metering.agency_monthly_rollup",
+    "metering.model_monthly_rollup",
     "metering.counted_events",
 )
 # Printed where the password hash goes when none is given: not a credential.

@@ -60,6 +60,9 @@ class Adoption:
 
 
 # Each query reads one tenant-period range of a rollup's sort key and groups it.
+# Periods are whole months, so the per-tenant, per-level, per-agency and per-model
+# queries read the monthly rollups (one users state per agency-month) and the daily
+# trend reads the tenant-day rollup; see schemas/sql/0006_report_rollups.sql.
 # `{agency:String}` is '' for every agency, else the one agency in scope (agency ids
 # are never empty). Measures: agencies with usage, distinct users (merged states),
 # messages and tokens.
@@ -70,14 +73,18 @@ _MEASURES: Final = """
        sum(tokens_in)        AS tokens_in,
        sum(tokens_out)       AS tokens_out"""
 
-_SCOPE: Final = """
+_MONTHS: Final = """
+WHERE month >= {start:Date} AND month < {end:Date}
+  AND ({agency:String} = '' OR agency_id = {agency:String})"""
+
+_DAYS: Final = """
 WHERE day >= {start:Date} AND day < {end:Date}
   AND ({agency:String} = '' OR agency_id = {agency:String})"""
 
 # Per tenant.
 _TENANTS_SQL: Final = f"""
 SELECT tenant, '' AS key, '' AS level,{_MEASURES}
-FROM metering.agency_daily_rollup{_SCOPE}
+FROM metering.agency_monthly_rollup{_MONTHS}
 GROUP BY tenant
 ORDER BY tenant
 """
@@ -85,7 +92,7 @@ ORDER BY tenant
 # Per tenant and level of government.
 _LEVELS_SQL: Final = f"""
 SELECT tenant, agency_level AS key, '' AS level,{_MEASURES}
-FROM metering.agency_daily_rollup{_SCOPE}
+FROM metering.agency_monthly_rollup{_MONTHS}
 GROUP BY tenant, agency_level
 ORDER BY tenant, key
 """
@@ -93,23 +100,37 @@ ORDER BY tenant, key
 # Per tenant and agency (the report ranks the top ones).
 _AGENCIES_SQL: Final = f"""
 SELECT tenant, agency_id AS key, agency_level AS level,{_MEASURES}
-FROM metering.agency_daily_rollup{_SCOPE}
+FROM metering.agency_monthly_rollup{_MONTHS}
 GROUP BY tenant, agency_id, agency_level
 ORDER BY tenant, messages DESC, key
 """
 
-# Per tenant and model, from the model rollup (same totals, another key).
+# Per tenant and model (same totals, another key).
 _MODELS_SQL: Final = f"""
 SELECT tenant, model AS key, '' AS level,{_MEASURES}
-FROM metering.model_daily_rollup{_SCOPE}
+FROM metering.model_monthly_rollup{_MONTHS}
 GROUP BY tenant, model
 ORDER BY tenant, tokens_in + tokens_out DESC, key
 """
 
-# Per tenant and UTC day: the trend over the period.
-_DAYS_SQL: Final = f"""
+# Per tenant and UTC day: the trend over the period. All agencies: the tenant-day
+# rollup; one agency: its own rows of the agency-day rollup.
+_DAYS_SQL: Final = """
+SELECT tenant, toString(day) AS key, '' AS level,
+       uniqExactMerge(agencies) AS agencies,
+       uniqExactMerge(users)    AS active_users,
+       sum(messages)            AS messages,
+       sum(tokens_in)           AS tokens_in,
+       sum(tokens_out)          AS tokens_out
+FROM metering.tenant_daily_rollup
+WHERE day >= {start:Date} AND day < {end:Date}
+GROUP BY tenant, day
+ORDER BY tenant, day
+"""
+
+_AGENCY_DAYS_SQL: Final = f"""
 SELECT tenant, toString(day) AS key, '' AS level,{_MEASURES}
-FROM metering.agency_daily_rollup{_SCOPE}
+FROM metering.agency_daily_rollup{_DAYS}
 GROUP BY tenant, day
 ORDER BY tenant, day
 """
@@ -138,7 +159,7 @@ def read_adoption(client: Client, period: Period, agency: str | None) -> Adoptio
         levels=tuple(levels),
         agencies=rows(_AGENCIES_SQL),
         models=rows(_MODELS_SQL),
-        days=rows(_DAYS_SQL),
+        days=rows(_DAYS_SQL if agency is None else _AGENCY_DAYS_SQL),
         data_through=latest if isinstance(latest, date) and latest.year > 1970 else None,
     )
 

@@ -41,6 +41,34 @@ VIEW_COLUMNS = {
 }
 
 
+_MERGED = (
+    "sum(messages) AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out, "
+    "uniqExactMerge(users) AS users"
+)
+_RAW = (
+    "count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out, "
+    "uniqExact(user_id) AS users"
+)
+_MONTH = "toString(toStartOfMonth(toDate(occurred_at))) AS month"
+REPORT_ROLLUPS_AND_RAW = {
+    f"SELECT toString(month) AS month, tenant, agency_id, agency_level, {_MERGED} "
+    "FROM metering.agency_monthly_rollup GROUP BY ALL ORDER BY ALL": (
+        f"SELECT {_MONTH}, tenant, agency_id, toString(agency_level) AS agency_level, {_RAW} "
+        "FROM metering.counted_events GROUP BY ALL ORDER BY ALL"
+    ),
+    f"SELECT toString(month) AS month, tenant, model, agency_id, {_MERGED} "
+    "FROM metering.model_monthly_rollup GROUP BY ALL ORDER BY ALL": (
+        f"SELECT {_MONTH}, tenant, toString(model) AS model, agency_id, {_RAW} "
+        "FROM metering.counted_events GROUP BY ALL ORDER BY ALL"
+    ),
+    f"SELECT toString(day) AS day, tenant, uniqExactMerge(agencies) AS agencies, {_MERGED} "
+    "FROM metering.tenant_daily_rollup GROUP BY ALL ORDER BY ALL": (
+        "SELECT toString(toDate(occurred_at)) AS day, tenant, uniqExact(agency_id) AS agencies, "
+        f"{_RAW} FROM metering.counted_events GROUP BY ALL ORDER BY ALL"
+    ),
+}
+
+
 def _normalised(rows: list[dict[str, object]], view: str) -> list[dict[str, object]]:
     columns = VIEW_COLUMNS[view]
     return [{c: row[c] for c in columns} for row in rows]
@@ -72,6 +100,10 @@ def test_corpus_counts_exactly_once_in_its_utc_window(run: MeteringRun, intake: 
         "d": golden["duplicates"],
         "r": sum(golden["rejected"].values()),
     }
+
+    # The report rollups, each folded per flush on its own, equal the raw record.
+    for rollup, raw in REPORT_ROLLUPS_AND_RAW.items():
+        assert run.query(rollup) == run.query(raw), rollup
 
     letters = run.dead_letters()
     assert len(letters) == sum(golden["rejected"].values())

@@ -49,10 +49,11 @@ def test_every_statement_parses_in_clickhouse() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     formatted = result.stdout.splitlines()
-    assert len(formatted) == len(statements) == 13
+    assert len(formatted) == len(statements) == 15
     assert (
         "CREATE ROW POLICY IF NOT EXISTS govmeter_agency_fed_gsa ON metering.agency_daily_rollup, "
-        "metering.model_daily_rollup, metering.counted_events AS RESTRICTIVE FOR SELECT USING "
+        "metering.model_daily_rollup, metering.agency_monthly_rollup, "
+        "metering.model_monthly_rollup, metering.counted_events AS RESTRICTIVE FOR SELECT USING "
         "agency_id = 'fed-gsa' TO govmeter_agency_fed_gsa"
     ) in formatted
     assert any("SETTINGS readonly = 1" in line for line in formatted)
@@ -67,14 +68,23 @@ def test_the_policies_cover_the_base_tables_and_only_this_agency() -> None:
     policies = [s for s in statements if s.startswith("CREATE ROW POLICY")]
     assert len(policies) == 2
     restrictive = policies[1]
-    for table in ("agency_daily_rollup", "model_daily_rollup", "counted_events"):
+    for table in (
+        "agency_daily_rollup",
+        "model_daily_rollup",
+        "agency_monthly_rollup",
+        "model_monthly_rollup",
+        "counted_events",
+    ):
         assert f"metering.{table}" in restrictive
     assert "AS RESTRICTIVE FOR SELECT USING agency_id = 'state-ca-dmv'" in restrictive
     assert restrictive.endswith("TO govmeter_agency_state_ca_dmv")
     assert f"BY '{HASH}'" in sql and PASSWORD_PLACEHOLDER not in sql
     grants = [s for s in statements if s.startswith("GRANT SELECT")]
-    assert all(" ON metering." in g for g in grants) and len(grants) == 6
-    assert not any("flush_ledger" in s or "rejections" in s or "billing" in s for s in statements)
+    assert all(" ON metering." in g for g in grants) and len(grants) == 8
+    assert not any(
+        "flush_ledger" in s or "rejections" in s or "billing" in s or "tenant_daily" in s
+        for s in statements
+    )
 
 
 def test_user_names_are_one_to_one_with_agency_ids() -> None:

@@ -81,3 +81,57 @@ def test_changed_migration_checksum_is_an_error(client: Client) -> None:
     )
     with pytest.raises(MigrationError, match="0001_"):
         apply_migrations(client)
+
+
+def test_report_rollups_are_backfilled_once_from_the_daily_rollups(client: Client) -> None:
+    # A store from before 0006: daily rollups with data, no report rollups yet.
+    apply_migrations(client)
+    users = "arrayJoin(['u-1', 'u-2', 'u-3'])"
+    client.command(
+        "INSERT INTO metering.agency_daily_rollup SELECT day, 'chatgpt-gov', agency, 'state', "
+        f"1, 10, 20, uniqExactState(u) FROM (SELECT toDate('2026-10-30') + number AS day, "
+        f"if(number % 2 = 0, 'state-a', 'state-b') AS agency, {users} AS u FROM numbers(4)) "
+        "GROUP BY day, agency"
+    )
+    client.command(
+        "INSERT INTO metering.model_daily_rollup SELECT day, 'chatgpt-gov', 'o3', 'chat', "
+        f"'state-a', 'state', 2, 5, 6, uniqExactState(u) FROM (SELECT toDate('2026-10-31') + "
+        f"number AS day, {users} AS u FROM numbers(2)) GROUP BY day"
+    )
+    for table in ("agency_monthly_rollup", "model_monthly_rollup", "tenant_daily_rollup"):
+        client.command(f"TRUNCATE TABLE metering.{table}")
+    client.command("DELETE FROM metering.schema_migrations WHERE version = 6")
+
+    assert [m.version for m in apply_migrations(client)] == [6]
+    report_rollups = [m for m in load_migrations() if m.version == 6][0]
+    for statement in report_rollups.statements():  # once more: nothing is added twice
+        client.command(statement)
+
+    monthly = client.query(
+        "SELECT toString(month), agency_id, sum(messages), sum(tokens_in), "
+        "uniqExactMerge(users) FROM metering.agency_monthly_rollup GROUP BY ALL ORDER BY ALL"
+    ).result_rows
+    assert [tuple(r) for r in monthly] == [
+        ("2026-10-01", "state-a", 1, 10, 3),
+        ("2026-10-01", "state-b", 1, 10, 3),
+        ("2026-11-01", "state-a", 1, 10, 3),
+        ("2026-11-01", "state-b", 1, 10, 3),
+    ]
+    models = client.query(
+        "SELECT toString(month), model, agency_id, sum(messages), sum(tokens_out), "
+        "uniqExactMerge(users) FROM metering.model_monthly_rollup GROUP BY ALL ORDER BY ALL"
+    ).result_rows
+    assert [tuple(r) for r in models] == [
+        ("2026-10-01", "o3", "state-a", 2, 6, 3),
+        ("2026-11-01", "o3", "state-a", 2, 6, 3),
+    ]
+    days = client.query(
+        "SELECT toString(day), sum(messages), uniqExactMerge(agencies), uniqExactMerge(users) "
+        "FROM metering.tenant_daily_rollup GROUP BY ALL ORDER BY ALL"
+    ).result_rows
+    assert [tuple(r) for r in days] == [
+        ("2026-10-30", 1, 1, 3),
+        ("2026-10-31", 1, 1, 3),
+        ("2026-11-01", 1, 1, 3),
+        ("2026-11-02", 1, 1, 3),
+    ]

@@ -16,6 +16,8 @@ GRANT SELECT ON metering.agency_monthly TO govmeter_agency_reader;
 GRANT SELECT ON metering.monthly_totals TO govmeter_agency_reader;
 GRANT SELECT ON metering.agency_daily_rollup TO govmeter_agency_reader;
 GRANT SELECT ON metering.model_daily_rollup TO govmeter_agency_reader;
+GRANT SELECT ON metering.agency_monthly_rollup TO govmeter_agency_reader;
+GRANT SELECT ON metering.model_monthly_rollup TO govmeter_agency_reader;
 GRANT SELECT ON metering.counted_events TO govmeter_agency_reader;
 
 -- A table with any row policy hides all its rows from users no policy names. This
@@ -24,6 +26,8 @@ GRANT SELECT ON metering.counted_events TO govmeter_agency_reader;
 CREATE ROW POLICY IF NOT EXISTS govmeter_all_rows
     ON metering.agency_daily_rollup,
        metering.model_daily_rollup,
+       metering.agency_monthly_rollup,
+       metering.model_monthly_rollup,
        metering.counted_events
     AS PERMISSIVE FOR SELECT USING 1 TO ALL;
 
@@ -45,5 +49,7 @@ CREATE QUOTA IF NOT EXISTS govmeter_agency_fed_gsa
 CREATE ROW POLICY IF NOT EXISTS govmeter_agency_fed_gsa
     ON metering.agency_daily_rollup,
        metering.model_daily_rollup,
+       metering.agency_monthly_rollup,
+       metering.model_monthly_rollup,
        metering.counted_events
     AS RESTRICTIVE FOR SELECT USING agency_id = 'fed-gsa' TO govmeter_agency_fed_gsa;

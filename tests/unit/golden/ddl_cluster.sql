@@ -208,3 +208,94 @@ CREATE TABLE IF NOT EXISTS metering.billing_lines ON CLUSTER 'govmeter'
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 ORDER BY (run_id, tenant, agency_id, agency_level);
+
+-- schemas/sql/0006_report_rollups.sql (sha256 59ffb89fc913c1699ce0f6853cc3545a944590d8866e28bb36ddd5c49a2e0cbf)
+CREATE TABLE IF NOT EXISTS metering.agency_monthly_rollup ON CLUSTER 'govmeter'
+(
+    month         Date,
+    tenant        String,
+    agency_id     String,
+    agency_level  String,
+    messages      SimpleAggregateFunction(sum, UInt64),
+    tokens_in     SimpleAggregateFunction(sum, UInt64),
+    tokens_out    SimpleAggregateFunction(sum, UInt64),
+    users         AggregateFunction(uniqExact, String)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
+ORDER BY (tenant, month, agency_id, agency_level)
+SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800;
+
+CREATE TABLE IF NOT EXISTS metering.model_monthly_rollup ON CLUSTER 'govmeter'
+(
+    month         Date,
+    tenant        String,
+    model         String,
+    agency_id     String,
+    messages      SimpleAggregateFunction(sum, UInt64),
+    tokens_in     SimpleAggregateFunction(sum, UInt64),
+    tokens_out    SimpleAggregateFunction(sum, UInt64),
+    users         AggregateFunction(uniqExact, String)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
+ORDER BY (tenant, month, model, agency_id)
+SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800;
+
+CREATE TABLE IF NOT EXISTS metering.tenant_daily_rollup ON CLUSTER 'govmeter'
+(
+    day           Date,
+    tenant        String,
+    messages      SimpleAggregateFunction(sum, UInt64),
+    tokens_in     SimpleAggregateFunction(sum, UInt64),
+    tokens_out    SimpleAggregateFunction(sum, UInt64),
+    agencies      AggregateFunction(uniqExact, String),
+    users         AggregateFunction(uniqExact, String)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
+ORDER BY (tenant, day)
+SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800;
+
+INSERT INTO metering.agency_monthly_rollup
+SELECT toStartOfMonth(day) AS month, tenant, agency_id, agency_level,
+       sum(messages), sum(tokens_in), sum(tokens_out), uniqExactMergeState(users)
+FROM metering.agency_daily_rollup
+WHERE (SELECT count() FROM metering.agency_monthly_rollup) = 0
+GROUP BY month, tenant, agency_id, agency_level;
+
+INSERT INTO metering.model_monthly_rollup
+SELECT toStartOfMonth(day) AS month, tenant, model, agency_id,
+       sum(messages), sum(tokens_in), sum(tokens_out), uniqExactMergeState(users)
+FROM metering.model_daily_rollup
+WHERE (SELECT count() FROM metering.model_monthly_rollup) = 0
+GROUP BY month, tenant, model, agency_id;
+
+INSERT INTO metering.tenant_daily_rollup
+SELECT day, tenant, sum(messages), sum(tokens_in), sum(tokens_out),
+       uniqExactState(agency_id), uniqExactMergeState(users)
+FROM metering.agency_daily_rollup
+WHERE (SELECT count() FROM metering.tenant_daily_rollup) = 0
+GROUP BY day, tenant;
+
+CREATE OR REPLACE VIEW metering.agency_monthly ON CLUSTER 'govmeter' AS
+SELECT
+    month,
+    tenant,
+    agency_id,
+    agency_level,
+    sum(messages)          AS messages,
+    sum(tokens_in)         AS tokens_in,
+    sum(tokens_out)        AS tokens_out,
+    uniqExactMerge(users)  AS active_users
+FROM metering.agency_monthly_rollup
+GROUP BY month, tenant, agency_id, agency_level;
+
+CREATE OR REPLACE VIEW metering.monthly_totals ON CLUSTER 'govmeter' AS
+SELECT
+    month,
+    tenant,
+    uniqExact(agency_id)   AS agencies,
+    uniqExactMerge(users)  AS active_users,
+    sum(messages)          AS messages,
+    sum(tokens_in)         AS tokens_in,
+    sum(tokens_out)        AS tokens_out
+FROM metering.agency_monthly_rollup
+GROUP BY month, tenant;
