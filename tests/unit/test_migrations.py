@@ -103,7 +103,7 @@ def test_report_rollups_are_backfilled_once_from_the_daily_rollups(client: Clien
     client.command("DELETE FROM metering.schema_migrations WHERE version = 6")
 
     assert [m.version for m in apply_migrations(client)] == [6]
-    report_rollups = [m for m in load_migrations() if m.version == 6][0]
+    report_rollups = next(m for m in load_migrations() if m.version == 6)
     for statement in report_rollups.statements():  # once more: nothing is added twice
         client.command(statement)
 
