@@ -162,6 +162,8 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             pipeline = StoreOwnerPipeline(sink, positions, metrics)
     if intake is not None:
         intake.handler = pipeline
+        if isinstance(pipeline, MeteringPipeline):
+            intake.resume_offset = pipeline.positions.next_offset
     else:
         attach_pipeline(app, settings, pipeline, topic_name=source_topic)
     health_server = await _start_health(

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn, Protocol, runtime_checkable
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 
@@ -53,6 +53,9 @@ class BatchIntake:
         self.handler: BatchHandler | None = None
         self._next: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        # Where the store says each assigned partition resumes (None: nothing of it was
+        # counted, so from the beginning); unset, the group's committed offsets apply.
+        self.resume_offset: Callable[[str, int], int | None] | None = None
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
         assert self._consumer is not None
@@ -84,7 +87,6 @@ class BatchIntake:
         settings = self._settings
         session_ms = int(settings.session_timeout_seconds * 1000)
         consumer = AIOKafkaConsumer(
-            self._topic,
             **aiokafka_options(settings),
             group_id=self._group,
             client_id=f"{self._group}-intake",
@@ -98,6 +100,7 @@ class BatchIntake:
         )
         self._consumer = consumer
         await consumer.start()
+        consumer.subscribe([self._topic], listener=_ResumeFromStore(self))
         in_flight: tuple[asyncio.Task[object] | None, Records] | None = None
         try:
             while not stop.is_set():
@@ -132,6 +135,22 @@ class BatchIntake:
         finally:
             await consumer.stop()
             self._consumer = None
+
+    async def seek_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        """Move each newly assigned partition to where the store resumes it."""
+        consumer = self._consumer
+        if consumer is None or self.resume_offset is None:
+            return
+        for tp in assigned:
+            offset = self.resume_offset(tp.topic, tp.partition)
+            if offset is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+            log.info(
+                "partition assigned",
+                extra={"topic": tp.topic, "partition": tp.partition, "resume_at": offset},
+            )
 
     async def _prepare(
         self, handler: StagedHandler, messages: Sequence[SourceMessage]
@@ -189,3 +208,16 @@ class BatchIntake:
                 "offset commit failed (the ledger holds the batch)",
                 extra={"error": type(error).__name__},
             )
+
+
+class _ResumeFromStore(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On every assignment, the store's positions override the group's committed offsets."""
+
+    def __init__(self, intake: BatchIntake) -> None:
+        self._intake = intake
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self._intake.seek_assigned(list(assigned))

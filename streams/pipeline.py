@@ -2,7 +2,9 @@
 
 Admission compares every message with the ledger's resume position of its
 partition: already counted messages are skipped, a jump past uncounted offsets
-makes the consumer seek back. Then the batch is classified and flushed; the caller
+makes the consumer seek back. A partition the ledger has never seen resumes at the
+broker's earliest offset: the store, not the consumer group, says what was counted.
+Then the batch is classified and flushed; the caller
 acknowledges the messages only after the flush returns.
 
 `prepare` (admit and classify) and `flush` are separate so that the batch intake can
@@ -93,6 +95,11 @@ class MeteringPipeline:
             tp = (message.topic, message.partition)
             if tp in sought:
                 continue
+            if self.positions.next_offset(*tp) is None:
+                # Nothing of this partition was ever counted in this store: it starts at
+                # the earliest offset the broker still has, wherever the consumer group's
+                # committed offset points (a new or replaced store counts everything).
+                self.positions.accept_from(*tp, await self._earliest_offset(*tp))
             verdict = self.positions.admit(message.topic, message.partition, message.offset)
             if verdict is Admission.NEW:
                 admitted.append(message)

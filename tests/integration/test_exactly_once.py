@@ -112,6 +112,22 @@ def test_store_outage_is_retried_and_exact(run: MeteringRun) -> None:
     assert_exact(run)
 
 
+def test_a_new_store_counts_from_the_earliest_offset_whatever_the_group_committed(
+    run: MeteringRun, tmp_path: Path
+) -> None:
+    """The store says what was counted: an empty one starts at the beginning of the topic,
+    even when the consumer group's committed offsets already point at its end."""
+    run.replay(CORPUS)
+    first = run.worker()
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert_exact(run)
+
+    run.env["CLICKHOUSE_URL"] = f"chdb://{tmp_path / 'replacement-store'}"
+    second = run.worker()
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert_exact(run)
+
+
 def test_no_offset_is_committed_past_what_the_store_holds(run: MeteringRun) -> None:
     """Kill the worker during a long store outage: Kafka's offsets must trail the ledger."""
     run.replay(CORPUS)
