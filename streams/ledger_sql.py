@@ -9,6 +9,7 @@ __all__ = [
     "COUNTED_EVENT_COLUMNS",
     "LEDGER_COLUMNS",
     "REJECTION_COLUMNS",
+    "apply_rollup_sql",
 ]
 
 COUNTED_EVENT_COLUMNS: Final = (
@@ -66,12 +67,12 @@ WHERE event_id IN {ids:Array(UUID)}
   AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
 """
 
-# One INSERT ... SELECT per rollup, folding exactly one committed flush in. The
-# ORDER BY and single thread keep the produced block identical on a re-apply, so
-# the flush's deduplication token drops it.
+# One INSERT ... SELECT per rollup, folding exactly one committed flush in: the
+# SELECT of each, keyed by the rollup it inserts into (`apply_rollup_sql` adds the
+# INSERT). The ORDER BY and single thread keep the produced block identical on a
+# re-apply, so the flush's deduplication token drops it.
 APPLY_ROLLUPS: Final = {
     "agency_daily_rollup": """
-INSERT INTO metering.agency_daily_rollup
 SELECT toDate(occurred_at) AS day, tenant, agency_id, agency_level,
        count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
        uniqExactState(user_id) AS users
@@ -81,7 +82,6 @@ GROUP BY day, tenant, agency_id, agency_level
 ORDER BY day, tenant, agency_id, agency_level
 """,
     "model_daily_rollup": """
-INSERT INTO metering.model_daily_rollup
 SELECT toDate(occurred_at) AS day, tenant, toString(model) AS model,
        toString(feature) AS feature, agency_id, toString(agency_level) AS agency_level,
        count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
@@ -92,7 +92,6 @@ GROUP BY day, tenant, model, feature, agency_id, agency_level
 ORDER BY day, tenant, model, feature, agency_id, agency_level
 """,
     "agency_monthly_rollup": """
-INSERT INTO metering.agency_monthly_rollup
 SELECT toStartOfMonth(toDate(occurred_at)) AS month, tenant, agency_id,
        toString(agency_level) AS agency_level,
        count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
@@ -103,7 +102,6 @@ GROUP BY month, tenant, agency_id, agency_level
 ORDER BY month, tenant, agency_id, agency_level
 """,
     "model_monthly_rollup": """
-INSERT INTO metering.model_monthly_rollup
 SELECT toStartOfMonth(toDate(occurred_at)) AS month, tenant, toString(model) AS model,
        agency_id,
        count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
@@ -114,7 +112,6 @@ GROUP BY month, tenant, model, agency_id
 ORDER BY month, tenant, model, agency_id
 """,
     "tenant_daily_rollup": """
-INSERT INTO metering.tenant_daily_rollup
 SELECT toDate(occurred_at) AS day, tenant,
        count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
        uniqExactState(agency_id) AS agencies, uniqExactState(user_id) AS users
@@ -126,6 +123,22 @@ ORDER BY day, tenant
 }
 
 APPLY_SETTINGS: Final = {"max_threads": 1, "max_insert_threads": 1, "insert_deduplicate": 1}
+
+
+def apply_rollup_sql(rollup: str, flush_seq: int) -> str:
+    """The INSERT ... SELECT folding one flush into one rollup, its settings in the text.
+
+    Settings in the statement, not per call: the embedded client applies per-call
+    settings with a snapshot query and a SET and a restore per setting around every
+    statement, about ten extra queries per rollup per flush.
+    """
+    settings = {
+        **APPLY_SETTINGS,
+        "insert_deduplication_token": f"'flush-{int(flush_seq)}-{rollup}'",
+    }
+    clause = ", ".join(f"{name} = {value}" for name, value in settings.items())
+    return f"INSERT INTO metering.{rollup}\nSETTINGS {clause}{APPLY_ROLLUPS[rollup]}"
+
 
 MARK_APPLIED: Final = "metering.flush_applied"
 

@@ -300,15 +300,8 @@ class ClickHouseSink:
 
 def apply_flush(client: Client, seq: int, faults: FaultPlan | None = None) -> None:
     """Steps 5 and 6 for one committed flush; safe to repeat (tokens deduplicate)."""
-    for name, statement in ledger_sql.APPLY_ROLLUPS.items():
-        client.command(
-            statement,
-            parameters={"flush_seq": seq},
-            settings={
-                **ledger_sql.APPLY_SETTINGS,
-                "insert_deduplication_token": f"flush-{seq}-{name}",
-            },
-        )
+    for name in ledger_sql.APPLY_ROLLUPS:
+        client.command(ledger_sql.apply_rollup_sql(name, seq), parameters={"flush_seq": seq})
         if faults is not None:
             faults.maybe_crash(f"after_apply_{name}", seq)
     client.insert(
