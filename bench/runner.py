@@ -1,8 +1,9 @@
 """Run one contender process: follow its JSON log lines live, sample its CPU time at each
 line, and collect its resource usage when it exits.
 
-CPU time at a line comes from /proc/PID/stat (all threads, 10 ms ticks), read when the line
-arrives; the totals and the peak RSS come from `os.wait4` (the child's own rusage).
+CPU time at a line comes from /proc/PID/stat (all threads, 10 ms ticks) and resident memory
+from /proc/PID/statm, both read when the line arrives; the totals and the peak RSS come from
+`os.wait4` (the child's own rusage).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class LogLine:
     at: float  # wall clock: the line's own "t" or "ts" if it has one, else its arrival
     cpu: float | None  # the child's user+system seconds when the line arrived
     record: dict[str, Any]
+    rss_mb: float | None = None  # the child's resident memory when the line arrived
 
     @property
     def msg(self) -> str:
@@ -74,6 +76,16 @@ def _cpu_of(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 4096 / 2**20
+
+
+def _rss_of(pid: int) -> float | None:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_bytes().split()[1]) * _PAGE_MB
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _machine_busy() -> float | None:
     """Seconds of CPU time all processes used since boot, from /proc/stat."""
     try:
@@ -101,6 +113,7 @@ def _follow(stream: TextIO, pid: int, record: RunRecord, copy: TextIO | None) ->
     for text in stream:
         arrived = time.time()
         cpu = _cpu_of(pid)
+        rss = _rss_of(pid)
         if copy is not None:
             copy.write(text)
         parsed: object = None
@@ -110,7 +123,7 @@ def _follow(stream: TextIO, pid: int, record: RunRecord, copy: TextIO | None) ->
             except orjson.JSONDecodeError:
                 parsed = None
         if isinstance(parsed, dict):
-            record.lines.append(LogLine(_line_time(parsed, arrived), cpu, parsed))
+            record.lines.append(LogLine(_line_time(parsed, arrived), cpu, parsed, rss))
         else:
             record.text_tail.append(text)
 

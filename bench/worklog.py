@@ -22,6 +22,7 @@ class Flush:
     messages: int
     committed: float  # wall clock of the "flush committed" line
     cpu: float | None  # worker CPU seconds when that line arrived
+    rss_mb: float | None  # worker resident memory when that line arrived
     seconds: float
     steps: dict[str, float]
 
@@ -59,6 +60,7 @@ def _flush(line: LogLine) -> Flush:
         messages=int(r.get("messages", 0)),
         committed=line.at,
         cpu=line.cpu,
+        rss_mb=line.rss_mb,
         seconds=float(r.get("seconds", 0.0)),
         steps={str(k): float(v) for k, v in steps.items()} if isinstance(steps, dict) else {},
     )
@@ -131,6 +133,15 @@ def describe(timeline: WorkerTimeline) -> list[str]:
         f"(max {max(sizes):,}), seconds per flush median {durations[len(durations) // 2]:.2f} "
         f"max {durations[-1]:.2f}",
     ]
+    resident = [f.rss_mb for f in flushes if f.rss_mb is not None]
+    if len(resident) >= 10:
+        marks = [(share, resident[min(len(resident) - 1, int(len(resident) * share))])
+                 for share in (0.1, 0.25, 0.5, 0.75, 1.0)]  # fmt: skip
+        lines.append(
+            "worker resident memory after 10/25/50/75/100% of the flushes: "
+            + ", ".join(f"{mb:.0f}" for _, mb in marks)
+            + " MB"
+        )
     if len(steady) >= 4:
         half = len(steady) // 2
         early, late = steady[:half], steady[half:]
