@@ -142,14 +142,28 @@ class BatchIntake:
         if consumer is None or self.resume_offset is None:
             return
         for tp in assigned:
-            offset = self.resume_offset(tp.topic, tp.partition)
-            if offset is None:
-                await consumer.seek_to_beginning(tp)
+            resume = self.resume_offset(tp.topic, tp.partition)
+            committed = await consumer.committed(tp)
+            if resume is None:
+                # Nothing counted yet: from the earliest offset, which is where the
+                # group starts anyway when it committed nothing (auto_offset_reset).
+                offset = int((await consumer.beginning_offsets([tp])).get(tp, 0))
+                move = committed is not None and committed != offset
             else:
+                offset = resume
+                move = committed != offset
+            if move:
+                # Only when the group would start elsewhere: a seek during the
+                # assignment can make the consumer fetch its first records twice.
                 consumer.seek(tp, offset)
             log.info(
                 "partition assigned",
-                extra={"topic": tp.topic, "partition": tp.partition, "resume_at": offset},
+                extra={
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "resume_at": offset,
+                    "group_committed": committed,
+                },
             )
 
     async def _prepare(
