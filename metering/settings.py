@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     batch_max_seconds: Annotated[
         float, Field(validation_alias=_env("METERING_BATCH_MAX_SECONDS"), gt=0, le=60)
     ] = 1.0
+    batch_min_seconds: Annotated[
+        float, Field(validation_alias=_env("METERING_BATCH_MIN_SECONDS"), ge=0, le=60)
+    ] = 0.25
     store_retry_max_seconds: Annotated[
         float, Field(validation_alias=_env("METERING_STORE_RETRY_MAX_SECONDS"), gt=0, le=600)
     ] = 30.0

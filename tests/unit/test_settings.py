@@ -15,6 +15,8 @@ ENV_NAMES = (
     "METERING_TOPIC_PARTITIONS",
     "METERING_BATCH_MAX_EVENTS",
     "METERING_BATCH_MAX_SECONDS",
+    "METERING_BATCH_MIN_SECONDS",
+    "METERING_DEDUPE_FILTER_MB",
     "METERING_STORE_RETRY_MAX_SECONDS",
     "METERING_WORKER_NAME",
 )
@@ -94,6 +96,8 @@ def test_bad_url_and_bad_partition_count_are_reported_together(
         ("KAFKA_BOOTSTRAP_SERVERS", ""),
         ("CLICKHOUSE_URL", "./var/clickhouse"),
         ("METERING_BATCH_MAX_SECONDS", "0"),
+        ("METERING_BATCH_MIN_SECONDS", "-0.1"),
+        ("METERING_DEDUPE_FILTER_MB", "100"),
     ],
 )
 def test_each_bad_setting_is_named_by_its_variable(
