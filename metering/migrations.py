@@ -21,6 +21,8 @@ from typing import Final
 from clickhouse_connect.driver.client import Client
 
 from schemas.ddl import DDLError, DeploymentMode, check_cluster, render_statement
+from streams.ledger_sql import APPLY_ROLLUPS
+from streams.recovery import fold_unapplied_flushes
 
 __all__ = [
     "BOOKKEEPING",
@@ -157,6 +159,19 @@ def _check_one_shard(client: Client, cluster: str) -> None:
         )
 
 
+def _fold_committed_flushes_first(client: Client) -> None:
+    """Before the schema changes, fold every committed flush into the rollups that exist
+    (see `streams.recovery.fold_unapplied_flushes`: a new rollup is backfilled from them)."""
+    tables = {
+        str(row[0])
+        for row in client.query(
+            "SELECT name FROM system.tables WHERE database = 'metering'"
+        ).result_rows
+    }
+    if {"flush_ledger", "flush_applied"} <= tables:
+        fold_unapplied_flushes(client, tuple(r for r in APPLY_ROLLUPS if r in tables))
+
+
 def apply_migrations(
     client: Client, mode: DeploymentMode = "embedded", cluster: str | None = None
 ) -> list[Migration]:
@@ -176,7 +191,7 @@ def apply_migrations(
             "SELECT version, checksum FROM metering.schema_migrations"
         ).result_rows
     }
-    newly_applied = []
+    newly_applied: list[Migration] = []
     for migration in load_migrations():
         recorded = applied.get(migration.version)
         if recorded is not None:
@@ -186,6 +201,8 @@ def apply_migrations(
                     "was applied to this store; restore it and add a new numbered migration"
                 )
             continue
+        if not newly_applied:
+            _fold_committed_flushes_first(client)
         for statement in migration.rendered(mode, cluster):
             client.command(statement)
         client.insert(

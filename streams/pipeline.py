@@ -4,8 +4,8 @@ Admission compares every message with the ledger's resume position of its
 partition: already counted messages are skipped, a jump past uncounted offsets
 makes the consumer seek back. A partition the ledger has never seen resumes at the
 broker's earliest offset: the store, not the consumer group, says what was counted.
-Then the batch is classified and flushed; the caller
-acknowledges the messages only after the flush returns.
+Then the batch is classified and flushed; the caller acknowledges the messages only
+after the flush returns.
 
 `prepare` (admit and classify) and `flush` are separate so that the batch intake can
 classify batch N+1 on one thread while batch N is flushed on the store thread: the

@@ -20,7 +20,7 @@ from clickhouse_connect.driver.client import Client
 from streams import ledger_sql
 from streams.sink import apply_flush
 
-__all__ = ["RecoveredState", "recover"]
+__all__ = ["RecoveredState", "fold_unapplied_flushes", "recover"]
 
 log = logging.getLogger("govmeter.recovery")
 
@@ -47,14 +47,30 @@ def recover(client: Client) -> RecoveredState:
             extra={"orphan_rows": orphans, "after_flush_seq": committed},
         )
     # 3.
-    unapplied = [int(row[0]) for row in client.query(ledger_sql.UNAPPLIED_SEQS).result_rows]
-    for seq in unapplied:
-        apply_flush(client, seq)
-    if unapplied:
-        log.warning("re-applied committed flushes", extra={"flush_seqs": unapplied})
+    unapplied = fold_unapplied_flushes(client)
     # 4.
     resume = {
         (str(topic), int(partition)): int(next_offset)
         for topic, partition, next_offset in client.query(ledger_sql.RESUME_POSITIONS).result_rows
     }
     return RecoveredState(committed + 1, resume, orphans, len(unapplied))
+
+
+def fold_unapplied_flushes(
+    client: Client, rollups: tuple[str, ...] = tuple(ledger_sql.APPLY_ROLLUPS)
+) -> list[int]:
+    """Fold every committed flush not yet marked applied into `rollups`, then mark it.
+
+    Also run before a migration changes the schema, with the rollups that exist then:
+    a migration that adds a rollup backfills it from the existing ones, which must
+    already hold every committed flush, or a flush folded half before the upgrade
+    would be counted twice in the new rollup (once by the backfill, once by the fold).
+    """
+    unapplied = [int(row[0]) for row in client.query(ledger_sql.UNAPPLIED_SEQS).result_rows]
+    for seq in unapplied:
+        apply_flush(client, seq, rollups=rollups)
+    if unapplied:
+        log.warning(
+            "re-applied committed flushes", extra={"flush_seqs": unapplied, "rollups": rollups}
+        )
+    return unapplied

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -304,9 +304,14 @@ class ClickHouseSink:
                 delay = min(delay * 2, self._retry_max)
 
 
-def apply_flush(client: Client, seq: int, faults: FaultPlan | None = None) -> None:
+def apply_flush(
+    client: Client,
+    seq: int,
+    faults: FaultPlan | None = None,
+    rollups: Iterable[str] = tuple(ledger_sql.APPLY_ROLLUPS),
+) -> None:
     """Steps 5 and 6 for one committed flush; safe to repeat (tokens deduplicate)."""
-    for name in ledger_sql.APPLY_ROLLUPS:
+    for name in rollups:
         client.command(ledger_sql.apply_rollup_sql(name, seq), parameters={"flush_seq": seq})
         if faults is not None:
             faults.maybe_crash(f"after_apply_{name}", seq)

@@ -10,6 +10,8 @@ from clickhouse_connect.driver.client import Client
 
 from metering.migrations import MigrationError, apply_migrations, load_migrations
 from metering.store import connect
+from streams.ledger_sql import apply_rollup_sql
+from streams.recovery import recover
 
 DAY_COLUMNS = [
     ("tenant", "String"),
@@ -135,3 +137,46 @@ def test_report_rollups_are_backfilled_once_from_the_daily_rollups(client: Clien
         ("2026-11-01", 1, 1, 3),
         ("2026-11-02", 1, 1, 3),
     ]
+
+
+def test_a_flush_folded_half_before_the_upgrade_is_counted_once_in_the_new_rollups(
+    client: Client,
+) -> None:
+    # A store from before 0006 whose worker died between folding flush 1 into
+    # agency_daily_rollup and folding it into model_daily_rollup.
+    apply_migrations(client)
+    for table in ("agency_monthly_rollup", "model_monthly_rollup", "tenant_daily_rollup"):
+        client.command(f"DROP TABLE metering.{table}")
+    client.command("DELETE FROM metering.schema_migrations WHERE version = 6")
+    client.command(
+        "INSERT INTO metering.counted_events (event_id, occurred_at, tenant, agency_id, "
+        "agency_level, user_id, conversation_id, model, feature, tokens_in, tokens_out, "
+        "topic, partition, offset, flush_seq, ingested_at) SELECT generateUUIDv4(number), "
+        "toDateTime64('2026-11-02 10:00:00', 3, 'UTC'), 'chatgpt-gov', 'state-a', 'state', "
+        "concat('u-', toString(number % 3)), 'c-1', 'o3', 'chat', 10, 20, 'events', 0, number, "
+        "1, now64(3) FROM numbers(5)"
+    )
+    client.command(
+        "INSERT INTO metering.flush_ledger (flush_seq, topic, partition, first_offset, "
+        "last_offset, messages, counted, duplicates, rejected, worker, committed_at) "
+        "VALUES (1, 'events', 0, 0, 4, 5, 5, 0, 0, 'old', now())"
+    )
+    client.command(apply_rollup_sql("agency_daily_rollup", 1), parameters={"flush_seq": 1})
+
+    assert [m.version for m in apply_migrations(client)] == [6]
+    assert recover(client).flushes_reapplied == 0  # folded before the migration ran
+
+    expected = [("2026-11-01", 5, 50, 100, 3)]
+    for table in ("agency_monthly_rollup", "model_monthly_rollup"):
+        rows = client.query(
+            "SELECT toString(month), sum(messages), sum(tokens_in), sum(tokens_out), "
+            f"uniqExactMerge(users) FROM metering.{table} GROUP BY month"
+        ).result_rows
+        assert [tuple(r) for r in rows] == expected, table
+    days = client.query(
+        "SELECT toString(day), sum(messages), uniqExactMerge(users) "
+        "FROM metering.tenant_daily_rollup GROUP BY day"
+    ).result_rows
+    assert [tuple(r) for r in days] == [("2026-11-02", 5, 3)]
+    models = client.query("SELECT sum(messages) FROM metering.model_daily_rollup").result_rows
+    assert models[0][0] == 5
