@@ -20,7 +20,7 @@ from pathlib import Path
 
 from metering.billing.periods import month as parse_month
 from metering.oversight import adoption
-from metering.store import connect
+from store import connect
 
 __all__ = ["main"]
 

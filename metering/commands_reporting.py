@@ -154,12 +154,10 @@ def run_reporting_command(args: argparse.Namespace, settings: Settings) -> int |
 
 
 def _open(settings: Settings) -> Any:
-    from metering.migrations import apply_migrations
-    from metering.store import connect
+    """Billing and reports read the store (bill writes only its run tables): no DDL."""
+    from metering.open_store import open_for_reading
 
-    client = connect(settings.clickhouse_url)
-    apply_migrations(client, settings.effective_clickhouse_mode, settings.clickhouse_cluster)
-    return client
+    return open_for_reading(settings)
 
 
 def _emit(text: str, out: Path | None) -> None:
@@ -245,7 +243,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 def _access(args: argparse.Namespace, settings: Settings) -> int:
     from metering.oversight.access import agency_user_sql, sql_statements
-    from metering.store import describe_store
+    from store import describe_store
 
     if not args.apply:
         sys.stdout.write(agency_user_sql(args.agency, args.password_sha256))
@@ -265,7 +263,7 @@ def _access(args: argparse.Namespace, settings: Settings) -> int:
         password = secrets.token_urlsafe(24)
         digest = hashlib.sha256(password.encode()).hexdigest()
     sql = agency_user_sql(args.agency, digest)
-    from metering.store import connect
+    from store import connect
 
     client = connect(settings.clickhouse_url)
     try:

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from metering.pseudonyms import PSEUDONYM_KEY_ENV, key_problem
 from metering.settings import Settings, SettingsError, load_settings
-from metering.store import embedded_path
+from store import embedded_path
 
 __all__ = [
     "add_config_command",

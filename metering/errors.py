@@ -10,9 +10,9 @@ def explain(error: BaseException) -> str | None:
 
     from metering.migrations import MigrationError
     from metering.replay import ReplayError
-    from metering.store import StoreError
     from metering.topics import KafkaUnavailableError
     from metering.worker import IntakeError
+    from store import StoreError
 
     if isinstance(
         error, (StoreError, MigrationError, ReplayError, KafkaUnavailableError, IntakeError)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import date
 
-from metering.migrations import apply_migrations
+from metering.open_store import open_for_reading
 from metering.query import format_result
 from metering.settings import Settings
-from metering.store import connect
 
 __all__ = ["print_headline"]
 
@@ -30,8 +29,7 @@ SELECT reason, count() AS rejected FROM metering.rejected_events GROUP BY reason
 
 
 def print_headline(settings: Settings, day: date | None) -> int:
-    client = connect(settings.clickhouse_url)
-    apply_migrations(client, settings.effective_clickhouse_mode, settings.clickhouse_cluster)
+    client = open_for_reading(settings)
     if day is None:
         latest = client.query("SELECT max(day) FROM metering.agency_daily").result_rows[0][0]
         if latest is None or str(latest) == "1970-01-01":

@@ -212,3 +212,24 @@ def apply_migrations(
         )
         newly_applied.append(migration)
     return newly_applied
+
+
+def check_schema_current(client: Client) -> None:
+    """For read-only commands: the store has every migration of this release, and no DDL
+    is run to get there (a reader never changes the schema)."""
+    latest = load_migrations()[-1]
+    try:
+        rows = client.query("SELECT max(version) FROM metering.schema_migrations").result_rows
+    except Exception as error:
+        if "UNKNOWN_DATABASE" in str(error) or "UNKNOWN_TABLE" in str(error):
+            raise MigrationError(
+                "the store has no metering schema yet: run `metering migrate` (or start "
+                "`metering worker`, which migrates), then try again"
+            ) from None
+        raise
+    version = int(rows[0][0] or 0) if rows else 0
+    if version < latest.version:
+        raise MigrationError(
+            f"the store's schema is at migration {version}, this release needs "
+            f"{latest.version} ({latest.file_name}): run `metering migrate`, then try again"
+        )

@@ -14,11 +14,13 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
+    "AGENCY_ID",
     "AGENCY_LEVELS",
     "CONTENT_FIELDS",
     "MAX_MESSAGE_BYTES",
     "MAX_TOKENS",
     "SCHEMA_VERSION",
+    "TENANT",
     "UsageEvent",
     "canonical_uuid",
     "parse_rfc3339",
@@ -28,6 +30,10 @@ SCHEMA_VERSION: Final = 1
 MAX_TOKENS: Final = 1_000_000
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 AGENCY_LEVELS: Final = ("federal", "state", "local")
+# Identifier patterns of section 1, spelled once (the fast path, access control and the
+# local server's users use them too).
+TENANT: Final = re.compile(r"[a-z0-9-]{1,64}")
+AGENCY_ID: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 CONTENT_FIELDS: Final = ("content", "prompt", "completion", "text", "messages")
 
 # ClickHouse `Date` covers 1970-01-01 .. 2149-06-06; an event outside it has no day row.
@@ -128,8 +134,8 @@ class UsageEvent(BaseModel):
     schema_version: Literal[1]
     event_id: EventId
     occurred_at: UtcTimestamp
-    tenant: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")]
-    agency_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
+    tenant: Annotated[str, Field(pattern=rf"^{TENANT.pattern}$")]
+    agency_id: Annotated[str, Field(pattern=rf"^{AGENCY_ID.pattern}$")]
     agency_level: Literal["federal", "state", "local"]
     user_id: Annotated[str, Field(min_length=1, max_length=128)]
     conversation_id: Annotated[str, Field(min_length=1, max_length=128)]

@@ -18,7 +18,14 @@ from typing import Final, Literal
 
 import msgspec
 
-from schemas.events import MAX_MESSAGE_BYTES, UsageEvent, canonical_uuid, parse_rfc3339
+from schemas.events import (
+    AGENCY_ID,
+    MAX_MESSAGE_BYTES,
+    TENANT,
+    UsageEvent,
+    canonical_uuid,
+    parse_rfc3339,
+)
 
 __all__ = ["fast_validate"]
 
@@ -48,8 +55,8 @@ class _WireEvent(msgspec.Struct, forbid_unknown_fields=False):
 
 
 _DECODER: Final = msgspec.json.Decoder(_WireEvent)
-_TENANT: Final = re.compile(r"[a-z0-9-]{1,64}")
-_AGENCY: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_TENANT: Final = TENANT
+_AGENCY: Final = AGENCY_ID
 _UUID: Final = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}"
 )

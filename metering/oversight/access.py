@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from schemas.events import AGENCY_ID
+
 __all__ = [
     "AGENCY_ID",
     "BASE_TABLES",
@@ -31,7 +33,6 @@ __all__ = [
     "sql_statements",
 ]
 
-AGENCY_ID: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # CONTRACT section 1
 VIEWS: Final = ("metering.agency_daily", "metering.agency_monthly", "metering.monthly_totals")
 BASE_TABLES: Final = (
     "metering.agency_daily_rollup",

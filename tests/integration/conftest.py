@@ -3,26 +3,42 @@
 The broker is started with the project's own `infra/kafka/start` on free ports, in a
 temporary data directory, and stopped at the end. Set GOVMETER_TEST_KAFKA=host:port
 to use a broker that is already running instead. Every test gets its own topics,
-consumer group and embedded store (see `MeteringRun`).
+consumer group and its own local ClickHouse server (see `MeteringRun`), stopped
+when the test ends (a module's shared run: when the session ends).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import ROOT, MeteringRun
+from tests.integration.harness import ROOT, STARTED_SERVERS, MeteringRun, StoreServer
+from tests.integration.harness import free_port as _free_port
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _stop_all(servers: list[StoreServer]) -> None:
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_store_servers_at_the_end() -> Iterator[None]:
+    yield
+    _stop_all(STARTED_SERVERS)
+
+
+@pytest.fixture(autouse=True)
+def _stop_the_tests_own_store_servers() -> Iterator[None]:
+    before = len(STARTED_SERVERS)
+    yield
+    _stop_all(STARTED_SERVERS[before:])
+    del STARTED_SERVERS[before:]
 
 
 @pytest.fixture(scope="session")

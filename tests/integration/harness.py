@@ -1,9 +1,13 @@
-"""Drive the real `metering` commands as subprocesses against real Kafka and chDB."""
+"""Drive the real `metering` commands as subprocesses against real Kafka and a real
+ClickHouse server: each run gets its own local server (`infra/clickhouse/start`, the
+engine of the chdb wheel) on free ports, reached over HTTP as in production."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -15,6 +19,81 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every local server started by a run, so the session can stop what a test left.
+STARTED_SERVERS: list[StoreServer] = []
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class StoreServer:
+    """One local ClickHouse server of `infra/clickhouse/`, driven by its own scripts."""
+
+    env: dict[str, str]
+
+    @classmethod
+    def start_in(cls, data_dir: Path) -> StoreServer:
+        server = cls(
+            {
+                "CLICKHOUSE_DATA_DIR": str(data_dir),
+                "CLICKHOUSE_HTTP_PORT": str(free_port()),
+                "CLICKHOUSE_TCP_PORT": str(free_port()),
+            }
+        )
+        server.start()
+        STARTED_SERVERS.append(server)
+        return server
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['CLICKHOUSE_HTTP_PORT']}"
+
+    @property
+    def server_dir(self) -> Path:
+        return Path(self.env["CLICKHOUSE_DATA_DIR"] + "-server")
+
+    def _script(self, name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(ROOT / "infra/clickhouse" / name)],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def start(self) -> None:
+        result = self._script("start")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def stop(self) -> None:
+        result = self._script("stop")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def pid(self) -> int | None:
+        path = self.server_dir / "clickhouse.pid"
+        return int(path.read_text()) if path.exists() else None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; `start` brings it back on the same data."""
+        pid = self.pid()
+        assert pid is not None, "the server is not running"
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(200):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            subprocess.run(["sleep", "0.05"], check=False)
+
+    def reporter_password(self) -> str:
+        return (self.server_dir / "reporter.password").read_text().strip()
+
+
 CORPUS = ROOT / "tests/replay/corpus.jsonl"
 EXPECTED = ROOT / "tests/replay/expected.json"
 
@@ -29,11 +108,13 @@ class MeteringRun:
 
     env: dict[str, str]
     workdir: Path
+    store: StoreServer
     logs: list[str] = field(default_factory=list)
 
     @classmethod
     def fresh(cls, kafka_env: dict[str, str], workdir: Path, partitions: int = 3) -> MeteringRun:
         tag = uuid.uuid4().hex[:10]
+        store = StoreServer.start_in(workdir / "clickhouse")
         env = {
             **os.environ,
             **kafka_env,
@@ -41,13 +122,15 @@ class MeteringRun:
             "METERING_DLQ_TOPIC": f"test.{tag}.dlq",
             "METERING_CONSUMER_GROUP": f"test-{tag}",
             "METERING_TOPIC_PARTITIONS": str(partitions),
-            "CLICKHOUSE_URL": f"chdb://{workdir / 'clickhouse'}",
+            "CLICKHOUSE_URL": store.url,
+            **store.env,
             "METERING_BATCH_MAX_SECONDS": "0.3",
             "METERING_HEALTH_PORT": "0",
         }
         env.pop("METERING_FAULT_CRASH", None)
         env.pop("METERING_FAULT_STORE_OUTAGE", None)
-        return cls(env, workdir)
+        env.pop("CLICKHOUSE_PASSWORD", None)
+        return cls(env, workdir, store)
 
     def metering(
         self, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 300

@@ -23,7 +23,7 @@ def test_a_good_configuration_has_no_problem(
 ) -> None:
     assert check_configuration(_good(tmp_path)) == []
     monkeypatch.chdir(tmp_path)
-    assert check_configuration({}) == []  # the defaults: chdb://./var/clickhouse
+    assert check_configuration({}) == []  # the defaults: the local server on 127.0.0.1:8123
 
 
 def test_only_the_given_environment_is_read(

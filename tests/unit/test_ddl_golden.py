@@ -30,7 +30,7 @@ from metering.migrations import (
     rendered_statements,
 )
 from metering.settings import SettingsError, load_settings
-from metering.store import connect
+from store import connect
 from schemas.ddl import (
     REPLICA_PATH,
     DDLError,
@@ -481,7 +481,11 @@ def test_cluster_mode_with_its_cluster(environment: pytest.MonkeyPatch) -> None:
             "CLICKHOUSE_URL=chdb://",
         ),
         (
-            {"CLICKHOUSE_MODE": "cluster", "CLICKHOUSE_CLUSTER": CLUSTER},
+            {
+                "CLICKHOUSE_URL": "chdb://./var/clickhouse",
+                "CLICKHOUSE_MODE": "cluster",
+                "CLICKHOUSE_CLUSTER": CLUSTER,
+            },
             "CLICKHOUSE_MODE",
             "CLICKHOUSE_URL=http",
         ),

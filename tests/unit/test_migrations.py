@@ -9,7 +9,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from metering.migrations import MigrationError, apply_migrations, load_migrations
-from metering.store import connect
+from store import connect
 from streams.ledger_sql import apply_rollup_sql
 from streams.recovery import recover
 

@@ -11,7 +11,7 @@ import pytest
 from metering.migrations import apply_migrations
 from metering.retention import apply_retention
 from metering.settings import SettingsError, load_settings
-from metering.store import connect
+from store import connect
 
 
 @pytest.fixture

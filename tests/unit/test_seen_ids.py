@@ -16,7 +16,7 @@ import pytest
 
 from metering.migrations import apply_migrations
 from metering.settings import SettingsError, load_settings
-from metering.store import connect
+from store import connect
 from schemas.events import UsageEvent
 from streams.batch import SourceMessage, ValidMessage
 from streams.seen_ids import SeenIdFilter, id_halves, load_from_store

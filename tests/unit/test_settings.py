@@ -34,7 +34,7 @@ def test_contract_defaults() -> None:
     assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
     assert settings.events_topic == "usage.events"
     assert settings.dlq_topic == "usage.events.dlq"
-    assert settings.clickhouse_url == "chdb://./var/clickhouse"
+    assert settings.clickhouse_url == "http://127.0.0.1:8123"
 
 
 def test_environment_overrides_each_contract_variable(monkeypatch: pytest.MonkeyPatch) -> None:

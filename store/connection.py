@@ -1,19 +1,33 @@
-"""The ClickHouse store: one clickhouse-connect client for `chdb://PATH` or `http(s)://`.
+"""Connecting to the store: one clickhouse-connect client for `http(s)://` or `chdb://PATH`.
 
-The embedded engine (chDB) can be opened by one process per path; a second process
-gets a clear `StoreBusyError` telling it what to do instead.
+The default is the local ClickHouse server of `infra/clickhouse/start` over HTTP, which
+any number of processes share. `chdb://PATH` opens the same engine in this process
+(the benchmark compares the two, and single-process tools may use it); it can be
+opened by one process per path, and a second gets a clear `StoreBusyError`.
+
+A URL without credentials takes the password from CLICKHOUSE_PASSWORD, as
+ClickHouse's own client does; it never appears in a message (`without_password`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-__all__ = ["StoreBusyError", "StoreError", "connect", "describe_store"]
+__all__ = [
+    "StoreBusyError",
+    "StoreError",
+    "connect",
+    "describe_store",
+    "embedded_path",
+    "without_password",
+]
 
 # Inserts are synchronous (chDB defaults to async_insert=1, which is neither durable
 # on return nor deduplicated), and large IN lists of event ids fit in one query.
@@ -47,7 +61,7 @@ def describe_store(url: str) -> str:
         return f"embedded ClickHouse at {path}"
     if url.startswith("chdb://"):
         return "embedded ClickHouse in memory"
-    return "ClickHouse server at " + _without_password(url)
+    return "ClickHouse server at " + without_password(url)
 
 
 def connect(url: str) -> Client:
@@ -74,13 +88,17 @@ def connect(url: str) -> Client:
             ) from error
         return client
     if url.startswith(("http://", "https://")):
+        extra: dict[str, Any] = {}
+        password = os.environ.get("CLICKHOUSE_PASSWORD")
+        if password and urlsplit(url).password is None:
+            extra["password"] = password
         try:
-            return clickhouse_connect.get_client(dsn=url, settings=_CLIENT_SETTINGS)
+            return clickhouse_connect.get_client(dsn=url, settings=_CLIENT_SETTINGS, **extra)
         except Exception as error:
             raise StoreError(
-                f"CLICKHOUSE_URL={_without_password(url)}: cannot reach the ClickHouse server: "
-                f"{error}. Check the host, port, user and password, or use the embedded store "
-                "(CLICKHOUSE_URL=chdb://./var/clickhouse)."
+                f"CLICKHOUSE_URL={without_password(url)}: cannot reach the ClickHouse server: "
+                f"{_first_line(error)}. Start the local server with infra/clickhouse/start (or "
+                "`make demo`), or check the host, port, user and password (CLICKHOUSE_PASSWORD)."
             ) from error
     raise StoreError(
         f"CLICKHOUSE_URL={url}: unsupported scheme; use chdb://PATH or http(s)://host:8123"
@@ -101,7 +119,12 @@ def _locked_by_another_process(path: Path) -> bool:
     return False
 
 
-def _without_password(url: str) -> str:
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+def without_password(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
         credentials, _, host = rest.rpartition("@")
