@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Final
 
 __all__ = [
@@ -9,6 +11,7 @@ __all__ = [
     "COUNTED_EVENT_COLUMNS",
     "LEDGER_COLUMNS",
     "REJECTION_COLUMNS",
+    "already_counted_sql",
     "apply_rollup_sql",
 ]
 
@@ -60,12 +63,29 @@ LEDGER_COLUMNS: Final = (
 
 # Already counted: only rows of committed flushes count as "seen" (orphans of a
 # crashed flush must not make their own events look like duplicates).
-ALREADY_COUNTED: Final = """
+_ALREADY_COUNTED: Final = """
 SELECT DISTINCT toString(event_id)
 FROM metering.counted_events
-WHERE event_id IN {ids:Array(UUID)}
+WHERE event_id IN ({ids})
   AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
 """
+
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def already_counted_sql(ids: Sequence[str]) -> str:
+    """The lookup with its ids in the statement text, not as a query parameter.
+
+    A server receives query parameters as HTTP form fields, which it caps at 128 KiB
+    (`http_max_field_value_size`): a flush of 20,000 ids is about 800 KiB. The query
+    text has no such cap below `max_query_size`, which the client raises. The ids are
+    canonical UUIDs (the event model makes them so); anything else is refused here, so
+    nothing but hex digits and dashes ever reaches the text.
+    """
+    for event_id in ids:
+        if _CANONICAL_UUID.fullmatch(event_id) is None:
+            raise ValueError(f"not a canonical event id: {event_id[:40]!r}")
+    return _ALREADY_COUNTED.format(ids=",".join(f"'{event_id}'" for event_id in ids))
 
 # One INSERT ... SELECT per rollup, folding exactly one committed flush in: the
 # SELECT of each, keyed by the rollup it inserts into (`apply_rollup_sql` adds the
