@@ -221,8 +221,9 @@ def run_config_command(
             print(problem, file=sys.stderr)
         print(f"metering config: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    settings, _ = _settings_from(source)
-    assert settings is not None
+    settings, invalid = _settings_from(source)
+    if settings is None:  # check_configuration reported these already; never reached
+        raise SettingsError("invalid configuration:\n" + "\n".join(invalid))
     for line in render_configuration(settings, source):
         print(line)
     return 0

@@ -1,13 +1,16 @@
 """Health and metrics over HTTP, served from inside the worker's asyncio loop.
 
 `GET /healthz` answers 200 with a small JSON state while the worker is healthy and
-503 once the store has failed continuously for longer than `unhealthy_after_seconds`;
+503 once the store, or the publishing of dead letters, has failed continuously for
+longer than `unhealthy_after_seconds`;
 `GET /metrics` answers the worker's counters in Prometheus text format, plus the
 consumer lag per partition when a lag callable is given. Bound to 127.0.0.1 by
 default: nothing here needs to be reachable from outside the host (or pod).
 
 `WorkerHealth` turns a `Metrics` object into the state callable; it needs no
-changes to the sink: it watches the flush and store-error counters.
+changes to the sink: it watches the flush, store-error and dead-letter-error counters,
+and shows the last failure of each (its cause, and whether it is transient: a failure
+that is not transient stops the worker after METERING_STORE_FATAL_TRIES tries).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from streams.metrics import Metrics
+from streams.metrics import Counter, Metrics
 
 __all__ = [
     "DEFAULT_HOST",
@@ -55,10 +58,18 @@ async def start_health_server(
     """Serve /healthz and /metrics on host:port; stop with `await runner.cleanup()`.
 
     `state()` is called on every /healthz request. Its dict is returned as is, after
-    `"status"`; the answer is 503 when `state()["store_failing_seconds"]` exceeds
-    `unhealthy_after_seconds` (or when `state()` itself raises). Port 0 picks a
-    free port: read it from `runner.addresses`.
+    `"status"`; the answer is 503 when `state()["store_failing_seconds"]` (status
+    `store_unavailable`) or `state()["dead_letter_failing_seconds"]` (status
+    `dead_letters_unavailable`) exceeds `unhealthy_after_seconds`, or when `state()`
+    itself raises. Port 0 picks a free port: read it from `runner.addresses`.
     """
+
+    def too_long(value: object) -> bool:
+        return (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value > unhealthy_after_seconds
+        )
 
     async def healthz(request: web.Request) -> web.Response:
         try:
@@ -66,14 +77,13 @@ async def start_health_server(
         except Exception:
             log.exception("health state failed")
             return _json({"status": "error"}, 503)
-        failing = current.get("store_failing_seconds")
-        healthy = not (
-            isinstance(failing, int | float)
-            and not isinstance(failing, bool)
-            and failing > unhealthy_after_seconds
-        )
-        body = {"status": "ok" if healthy else "store_unavailable", **current}
-        return _json(body, 200 if healthy else 503)
+        status = "ok"
+        if too_long(current.get("store_failing_seconds")):
+            status = "store_unavailable"
+        elif too_long(current.get("dead_letter_failing_seconds")):
+            status = "dead_letters_unavailable"
+        body = {"status": status, **current}
+        return _json(body, 200 if status == "ok" else 503)
 
     async def prometheus(request: web.Request) -> web.Response:
         text = metrics.prometheus()
@@ -130,14 +140,51 @@ def _json(body: dict[str, object], status: int) -> web.Response:
     )
 
 
+class _FailureWatch:
+    """Continuous failure of one kind, from a counter of failed attempts.
+
+    Failing from the first failure seen after the last completed flush, for as long as
+    failures keep arriving (retries come at least every `quiet_after / 2`, so a quiet
+    spell longer than `quiet_after` means they succeed) and no flush completes.
+    """
+
+    def __init__(self, counter: Counter, quiet_after: float) -> None:
+        self._counter = counter
+        self._quiet_after = quiet_after
+        self.seen = counter.value
+        self._last_at: float | None = None
+        self._since: float | None = None
+
+    def observe(self, now: float) -> None:
+        value = self._counter.value
+        if value != self.seen:
+            self.seen = value
+            self._last_at = now
+            if self._since is None:
+                self._since = now
+        if (
+            self._since is not None
+            and self._last_at is not None
+            and now - self._last_at > self._quiet_after
+        ):
+            self._since = None
+
+    def flushed(self) -> None:
+        self._since = None
+
+    def failing_seconds(self, now: float) -> float:
+        return 0.0 if self._since is None else round(now - self._since, 3)
+
+
 class WorkerHealth:
     """The /healthz state of a worker, read from its `Metrics` counters.
 
     The store counts as failing continuously from the first store error seen after
     the last completed flush, for as long as errors keep arriving (the sink retries
     at least every `retry_max_seconds`, so a quiet spell longer than twice that
-    means the retries succeed) and no flush completes. Times are taken when a change
-    is observed: call `state()` often, or run `watch()` as a task for 1 s precision.
+    means the retries succeed) and no flush completes. Dead-letter publishing is
+    watched the same way, apart. Times are taken when a change is observed: call
+    `state()` often, or run `watch()` as a task for 1 s precision.
     """
 
     def __init__(
@@ -150,48 +197,45 @@ class WorkerHealth:
     ) -> None:
         self._metrics = metrics
         self._role = role
-        self._quiet_after = 2 * retry_max_seconds + 1.0
+        quiet_after = 2 * retry_max_seconds + 1.0
         self._clock = clock
         self._started = clock()
         self._flushes = metrics.flushes.value
-        self._errors = metrics.store_errors.value
         self._last_flush_at: float | None = None
-        self._last_error_at: float | None = None
-        self._failing_since: float | None = None
+        self._store = _FailureWatch(metrics.store_errors, quiet_after)
+        self._dead_letters = _FailureWatch(metrics.dead_letter_failures.total, quiet_after)
 
     def observe(self) -> None:
         now = self._clock()
-        errors = self._metrics.store_errors.value
-        if errors != self._errors:
-            self._errors = errors
-            self._last_error_at = now
-            if self._failing_since is None:
-                self._failing_since = now
+        self._store.observe(now)
+        self._dead_letters.observe(now)
         flushes = self._metrics.flushes.value
         if flushes != self._flushes:
             self._flushes = flushes
             self._last_flush_at = now
-            self._failing_since = None
-        if (
-            self._failing_since is not None
-            and self._last_error_at is not None
-            and now - self._last_error_at > self._quiet_after
-        ):
-            self._failing_since = None
+            self._store.flushed()
+            self._dead_letters.flushed()
 
     def state(self) -> dict[str, object]:
         self.observe()
         now = self._clock()
+        store, letters = self._metrics.store_failures, self._metrics.dead_letter_failures
         return {
             "role": self._role,
             "uptime_seconds": round(now - self._started, 3),
             "last_flush_age_seconds": (
                 None if self._last_flush_at is None else round(now - self._last_flush_at, 3)
             ),
-            "store_errors": self._errors,
-            "store_failing_seconds": (
-                0.0 if self._failing_since is None else round(now - self._failing_since, 3)
-            ),
+            "store_errors": self._store.seen,
+            "store_transient_errors": store.transient.value,
+            "store_fatal_errors": store.fatal.value,
+            "store_failing_seconds": self._store.failing_seconds(now),
+            "store_last_error": store.last,
+            "dead_letter_errors": self._dead_letters.seen,
+            "dead_letter_failing_seconds": self._dead_letters.failing_seconds(now),
+            "dead_letter_last_error": letters.last,
+            "packages_rejected": sum(self._metrics.packages_rejected.values()),
+            "offsets_expired": sum(self._metrics.expired_offsets().values()),
         }
 
     async def watch(self, interval: float = 1.0) -> None:

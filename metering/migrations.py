@@ -181,7 +181,8 @@ def apply_migrations(
     except DDLError as error:
         raise MigrationError(str(error)) from None
     if mode == "cluster":
-        assert cluster is not None
+        if cluster is None:  # check_cluster refuses it; kept explicit under python -O
+            raise MigrationError("cluster mode needs CLICKHOUSE_CLUSTER, the cluster's name")
         _check_one_shard(client, cluster)
     for statement in _bookkeeping(mode, cluster):
         client.command(statement)

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     store_retry_max_seconds: Annotated[
         float, Field(validation_alias=_env("METERING_STORE_RETRY_MAX_SECONDS"), gt=0, le=600)
     ] = 30.0
+    # Tries of a store step that fails in a way retrying does not fix (credentials,
+    # schema, a bug) before the worker stops; transient failures are retried forever.
+    store_fatal_tries: Annotated[
+        int, Field(validation_alias=_env("METERING_STORE_FATAL_TRIES"), ge=1, le=100)
+    ] = 3
     session_timeout_seconds: Annotated[
         float, Field(validation_alias=_env("METERING_SESSION_TIMEOUT_SECONDS"), ge=6, le=300)
     ] = 10.0

@@ -149,6 +149,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             next_flush_seq=state.next_flush_seq,
             worker=worker_name,
             retry_max_seconds=settings.store_retry_max_seconds,
+            fatal_tries=settings.store_fatal_tries,
             faults=FaultPlan.from_environment(),
             metrics=metrics,
             seen_ids=seen_ids,

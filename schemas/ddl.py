@@ -202,7 +202,8 @@ def render_statement(statement: str, mode: DeploymentMode, cluster: str | None =
     check_cluster(mode, cluster)
     if mode != "cluster":
         return statement
-    assert cluster is not None
+    if cluster is None:  # check_cluster refuses it; kept explicit under python -O
+        raise DDLError("cluster mode needs the name of the cluster (as in remote_servers)")
     if _DATA_STATEMENT.match(statement):
         # A one-time backfill: it runs on the replica the migration is connected to, and
         # the replicated table hands the inserted parts to every other replica.

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter as _Tally
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from streams.batch import ClassifiedBatch
     from streams.sink import FlushResult
+    from streams.store_failures import Failure
 
-__all__ = ["Counter", "Metrics"]
+__all__ = ["Counter", "FailureRecord", "Metrics"]
 
 
 class Counter:
@@ -27,6 +29,31 @@ class Counter:
         return self._value
 
 
+class FailureRecord:
+    """Failed attempts of one kind (store steps, or dead-letter publishes), by cause."""
+
+    def __init__(self) -> None:
+        self.total = Counter()
+        self.transient = Counter()
+        self.fatal = Counter()
+        self.by_cause: _Tally[tuple[str, bool]] = _Tally()
+        self.last: dict[str, object] | None = None
+
+    def record(self, failure: Failure, step: str) -> None:
+        self.total.inc()
+        (self.transient if failure.transient else self.fatal).inc()
+        self.by_cause[(failure.cause, failure.transient)] += 1
+        self.last = {
+            "step": step,
+            "cause": failure.cause,
+            "transient": failure.transient,
+            "at_unix": round(time.time(), 3),
+        }
+
+    def summary(self) -> dict[str, int]:
+        return {cause: count for (cause, _), count in sorted(self.by_cause.items())}
+
+
 class Metrics:
     def __init__(self) -> None:
         self.events_in = Counter()
@@ -34,8 +61,18 @@ class Metrics:
         self.duplicates = Counter()
         self.already_counted_skipped = Counter()
         self.flushes = Counter()
+        # Every failed store attempt; `store_failures` says transient or not, and why.
         self.store_errors = Counter()
+        self.store_failures = FailureRecord()
+        # Failed dead-letter publishes: Kafka, not the store, so reported apart.
+        self.dead_letter_failures = FailureRecord()
         self.rejected_by_reason: _Tally[str] = _Tally()
+        # Relay packages the store owner refused (malformed or forged), by reason.
+        self.packages_rejected: _Tally[str] = _Tally()
+        # Offsets the broker deleted before they were counted:
+        # (topic, partition) -> {first missing offset: how many were missing}.
+        self._expired: dict[tuple[str, int], dict[int, int]] = {}
+        self._expired_lock = threading.Lock()
         self.last_flush_seconds = 0.0
         self.flush_seconds_total = 0.0
 
@@ -48,6 +85,32 @@ class Metrics:
         self.last_flush_seconds = seconds
         self.flush_seconds_total += seconds
 
+    def record_store_failure(self, failure: Failure, step: str) -> None:
+        self.store_errors.inc()
+        self.store_failures.record(failure, step)
+
+    def record_dead_letter_failure(self, failure: Failure) -> None:
+        self.dead_letter_failures.record(failure, "publish dead letters")
+
+    def record_expired(
+        self, topic: str, partition: int, first_missing: int, resume_at: int
+    ) -> bool:
+        """Offsets first_missing .. resume_at - 1 of a partition are gone from the broker
+        and were never counted. Idempotent per (partition, first missing offset): the
+        start-up check and the pipeline may both see the same gap. True if new."""
+        if resume_at <= first_missing:
+            return False
+        with self._expired_lock:
+            seen = self._expired.setdefault((topic, partition), {})
+            if first_missing in seen:
+                return False
+            seen[first_missing] = resume_at - first_missing
+            return True
+
+    def expired_offsets(self) -> dict[tuple[str, int], int]:
+        with self._expired_lock:
+            return {key: sum(gaps.values()) for key, gaps in sorted(self._expired.items())}
+
     def summary(self) -> dict[str, object]:
         return {
             "events_in": self.events_in.value,
@@ -57,6 +120,13 @@ class Metrics:
             "already_counted_skipped": self.already_counted_skipped.value,
             "flushes": self.flushes.value,
             "store_errors": self.store_errors.value,
+            "store_errors_by_cause": self.store_failures.summary(),
+            "dead_letter_errors": self.dead_letter_failures.total.value,
+            "packages_rejected": dict(sorted(self.packages_rejected.items())),
+            "offsets_expired": {
+                f"{topic}[{partition}]": count
+                for (topic, partition), count in self.expired_offsets().items()
+            },
         }
 
     def prometheus(self) -> str:
@@ -70,13 +140,45 @@ class Metrics:
             "# TYPE govmeter_events_rejected_total counter",
         ]
         for reason, count in sorted(self.rejected_by_reason.items()):
-            lines.append(f'govmeter_events_rejected_total{{reason="{reason}"}} {count}')
+            lines.append(f'govmeter_events_rejected_total{{reason="{_label(reason)}"}} {count}')
+        store, letters = self.store_failures, self.dead_letter_failures
         lines += [
             "# TYPE govmeter_flushes_total counter",
             f"govmeter_flushes_total {self.flushes.value}",
             "# TYPE govmeter_store_errors_total counter",
             f"govmeter_store_errors_total {self.store_errors.value}",
+            "# TYPE govmeter_store_transient_errors_total counter",
+            f"govmeter_store_transient_errors_total {store.transient.value}",
+            "# TYPE govmeter_store_fatal_errors_total counter",
+            f"govmeter_store_fatal_errors_total {store.fatal.value}",
+            *_by_cause("govmeter_store_errors_by_cause_total", store),
+            "# TYPE govmeter_dead_letter_errors_total counter",
+            f"govmeter_dead_letter_errors_total {letters.total.value}",
+            *_by_cause("govmeter_dead_letter_errors_by_cause_total", letters),
+            "# TYPE govmeter_packages_rejected_total counter",
+        ]
+        for reason, count in sorted(self.packages_rejected.items()):
+            lines.append(f'govmeter_packages_rejected_total{{reason="{_label(reason)}"}} {count}')
+        lines.append("# TYPE govmeter_offsets_expired_total counter")
+        for (topic, partition), count in self.expired_offsets().items():
+            lines.append(
+                f'govmeter_offsets_expired_total{{topic="{_label(topic)}",'
+                f'partition="{partition}"}} {count}'
+            )
+        lines += [
             "# TYPE govmeter_flush_seconds_last gauge",
             f"govmeter_flush_seconds_last {self.last_flush_seconds:.6f}",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _by_cause(name: str, record: FailureRecord) -> list[str]:
+    lines = [f"# TYPE {name} counter"]
+    for (cause, transient), count in sorted(record.by_cause.items()):
+        flag = "true" if transient else "false"
+        lines.append(f'{name}{{cause="{_label(cause)}",transient="{flag}"}} {count}')
+    return lines
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

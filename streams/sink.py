@@ -14,8 +14,14 @@ Where the process dies decides only which recovery rule applies on restart:
     deleted, the messages are read again (the ledger has not moved);
   - after step 4: the flush happened; steps 5 and 6 are redone with the same tokens,
     which ClickHouse deduplicates; the messages are skipped as already counted.
-A step that fails (store down, timeout) is retried with backoff, with the same flush
-number and tokens, for as long as it takes; nothing is acknowledged meanwhile.
+A step that fails is judged by `streams.store_failures`: a transient failure (store
+down or restarting, a timeout, TOO_MANY_PARTS) is retried with backoff, with the same
+flush number and tokens, for as long as it takes; nothing is acknowledged meanwhile.
+Any other failure (credentials refused, a schema that does not match, a bug) is tried
+`fatal_tries` times in all, then raised as `StoreFailureError`, which stops the worker
+with the cause and what to do: a restart after the fix resumes from the ledger.
+Dead-letter publishing (step 3) follows the same policy with Kafka's own judgement of
+its errors, and is counted and logged apart from the store.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -40,12 +46,23 @@ from streams.dead_letter import DeadLetterPublisher, dead_letter_for
 from streams.faults import FaultPlan
 from streams.metrics import Metrics
 from streams.seen_ids import Halves, SeenIdFilter, id_halves
+from streams.store_failures import Failure, classify_publish_error, classify_store_error
 
-__all__ = ["ClickHouseSink", "FlushResult"]
+__all__ = ["ClickHouseSink", "DeadLetterFailureError", "FlushResult", "StoreFailureError"]
 
 log = logging.getLogger("govmeter.sink")
 
 T = TypeVar("T")
+
+DEFAULT_FATAL_TRIES = 3
+
+
+class StoreFailureError(RuntimeError):
+    """A store step failed in a way retrying does not fix; the message says what to do."""
+
+
+class DeadLetterFailureError(RuntimeError):
+    """Dead letters could not be published in a way retrying does not fix."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,8 @@ class ClickHouseSink:
         next_flush_seq: int,
         worker: str,
         retry_max_seconds: float = 30.0,
+        fatal_tries: int = DEFAULT_FATAL_TRIES,
+        retry_first_seconds: float = 0.2,
         faults: FaultPlan | None = None,
         metrics: Metrics | None = None,
         seen_ids: SeenIdFilter | None = None,
@@ -85,6 +104,10 @@ class ClickHouseSink:
         self._worker = worker
         self._run_id = uuid.uuid4().hex[:12]
         self._retry_max = retry_max_seconds
+        if fatal_tries < 1:
+            raise ValueError(f"fatal_tries must be at least 1, not {fatal_tries}")
+        self._fatal_tries = fatal_tries
+        self._retry_first = retry_first_seconds
         self._faults = faults or FaultPlan()
         self._metrics = metrics or Metrics()
         self._flushes_started = 0
@@ -153,7 +176,11 @@ class ClickHouseSink:
         # 3. Dead-letter copies, acknowledged by the broker before the commit.
         if batch.rejected:
             letters = [dead_letter_for(r, now) for r in batch.rejected]
-            await self._retry("publish dead letters", lambda: self._dead_letters.publish(letters))
+            await self._retry(
+                "publish dead letters",
+                lambda: self._dead_letters.publish(letters),
+                kind="dead_letters",
+            )
         self._faults.maybe_crash("after_dead_letters", seq)
         lap("dead_letters")
 
@@ -279,9 +306,18 @@ class ClickHouseSink:
 
         return await self._retry(what, attempt)
 
-    async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        delay = 0.2
+    async def _retry(
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        kind: Literal["store", "dead_letters"] = "store",
+    ) -> T:
+        """Run `attempt` until it succeeds; a failure that is not transient ends it after
+        `fatal_tries` tries in all, raised as StoreFailureError or DeadLetterFailureError."""
+        delay = self._retry_first
         failures = 0
+        refused = 0
         while True:
             try:
                 return await attempt()
@@ -289,12 +325,26 @@ class ClickHouseSink:
                 raise
             except Exception as error:
                 failures += 1
-                self._metrics.store_errors.inc()
+                if kind == "store":
+                    failure = classify_store_error(error)
+                    self._metrics.record_store_failure(failure, what)
+                else:
+                    failure = classify_publish_error(error)
+                    self._metrics.record_dead_letter_failure(failure)
+                if not failure.transient:
+                    refused += 1
+                    if refused >= self._fatal_tries:
+                        raise self._give_up(what, kind, failure, error, failures) from error
                 log.warning(
-                    "store step failed, retrying",
+                    "store step failed, retrying"
+                    if kind == "store"
+                    else "dead-letter publish failed, retrying",
                     extra={
                         "step": what,
                         "attempt": failures,
+                        "transient": failure.transient,
+                        "cause": failure.cause,
+                        "tries_left": None if failure.transient else self._fatal_tries - refused,
                         "retry_in_s": round(delay, 2),
                         "error": type(error).__name__,
                         "error_message": str(error)[:300],
@@ -302,6 +352,38 @@ class ClickHouseSink:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
+
+    def _give_up(
+        self,
+        what: str,
+        kind: Literal["store", "dead_letters"],
+        failure: Failure,
+        error: Exception,
+        attempts: int,
+    ) -> Exception:
+        where = "the store" if kind == "store" else "the dead-letter topic (METERING_DLQ_TOPIC)"
+        message = (
+            f"{what}: {where} failed {self._fatal_tries} time(s) with {failure.cause}, which "
+            f"retrying does not fix ({type(error).__name__}: {str(error)[:160]}). "
+            f"What to do: {failure.advice}. Nothing past the ledger was acknowledged; "
+            "after the fix, restart the worker: it resumes from the ledger."
+        )
+        log.critical(
+            "store step failed and retrying cannot fix it; stopping the worker"
+            if kind == "store"
+            else "dead-letter publish failed and retrying cannot fix it; stopping the worker",
+            extra={
+                "step": what,
+                "cause": failure.cause,
+                "what_to_do": failure.advice,
+                "attempts": attempts,
+                "error": type(error).__name__,
+                "error_message": str(error)[:300],
+            },
+        )
+        if kind == "store":
+            return StoreFailureError(message)
+        return DeadLetterFailureError(message)
 
 
 def apply_flush(
@@ -350,7 +432,12 @@ def counted_events_table(new: Sequence[ValidMessage], seq: int, now: datetime) -
         "flush_seq": pa.repeat(pa.scalar(seq, pa.uint64()), rows),
         "ingested_at": pa.repeat(pa.scalar(now, _UTC_MILLISECONDS), rows),
     }
-    assert tuple(columns) == ledger_sql.COUNTED_EVENT_COLUMNS
+    if tuple(columns) != ledger_sql.COUNTED_EVENT_COLUMNS:
+        raise RuntimeError(
+            "counted_events_table builds columns "
+            f"{list(columns)}, but streams/ledger_sql.py COUNTED_EVENT_COLUMNS lists "
+            f"{list(ledger_sql.COUNTED_EVENT_COLUMNS)}: make the two agree"
+        )
     return pa.table(columns)
 
 

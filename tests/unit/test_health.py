@@ -73,6 +73,16 @@ govmeter_events_rejected_total{reason="invalid_json"} 1
 govmeter_flushes_total 3
 # TYPE govmeter_store_errors_total counter
 govmeter_store_errors_total 4
+# TYPE govmeter_store_transient_errors_total counter
+govmeter_store_transient_errors_total 0
+# TYPE govmeter_store_fatal_errors_total counter
+govmeter_store_fatal_errors_total 0
+# TYPE govmeter_store_errors_by_cause_total counter
+# TYPE govmeter_dead_letter_errors_total counter
+govmeter_dead_letter_errors_total 0
+# TYPE govmeter_dead_letter_errors_by_cause_total counter
+# TYPE govmeter_packages_rejected_total counter
+# TYPE govmeter_offsets_expired_total counter
 # TYPE govmeter_flush_seconds_last gauge
 govmeter_flush_seconds_last 0.250000
 """
@@ -162,7 +172,15 @@ def test_worker_health_tracks_continuous_store_failure() -> None:
         "uptime_seconds": 0.0,
         "last_flush_age_seconds": None,
         "store_errors": 0,
+        "store_transient_errors": 0,
+        "store_fatal_errors": 0,
         "store_failing_seconds": 0.0,
+        "store_last_error": None,
+        "dead_letter_errors": 0,
+        "dead_letter_failing_seconds": 0.0,
+        "dead_letter_last_error": None,
+        "packages_rejected": 0,
+        "offsets_expired": 0,
     }
     metrics.flushes.inc()
     clock.now += 5
