@@ -160,7 +160,9 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
                 sink, positions, metrics, seek=seek, earliest_offset=earliest_offset
             )
         else:
-            pipeline = StoreOwnerPipeline(sink, positions, metrics)
+            pipeline = StoreOwnerPipeline(
+                sink, positions, metrics, events_topic=settings.events_topic
+            )
     if intake is not None:
         intake.handler = pipeline
         if isinstance(pipeline, MeteringPipeline):

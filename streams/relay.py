@@ -13,6 +13,11 @@ A processor that dies after step 3 but before its offsets are committed makes a
 peer publish the same offsets again: the owner skips them by the ledger. The owner
 never sees a gap, because a processor commits only what it published; if one
 appears anyway the owner stops rather than count around it.
+
+The relay topic is input too: the owner validates every package before admitting any
+of its messages (`streams.packages.decode_package`, and the source topic must be the
+events topic). A refused package is logged with its reason and its place on the relay
+topic, counted in /metrics (govmeter_packages_rejected_total), and counts nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from schemas.rejections import Rejection, classify
 from streams.batch import RejectedMessage, SourceMessage, assemble_batch
 from streams.dead_letter import DeadLetter, DeadLetterPublisher, dead_letter_for
 from streams.metrics import Metrics
-from streams.packages import decode_package, encode_package
+from streams.packages import PackageError, PackageReason, decode_package, encode_package
 from streams.positions import Admission, Positions
 from streams.sink import ClickHouseSink, FlushResult
 
@@ -95,12 +100,50 @@ class ProcessorPipeline:
 
 
 class StoreOwnerPipeline:
-    def __init__(self, sink: ClickHouseSink, positions: Positions, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        sink: ClickHouseSink,
+        positions: Positions,
+        metrics: Metrics,
+        *,
+        events_topic: str | None = None,
+    ) -> None:
         self.sink = sink
         self.positions = positions
         self.metrics = metrics
+        # The one source topic packages may describe (None: any, for tests of the relay).
+        self.events_topic = events_topic
         self.last_activity = time.monotonic()
         self.busy = False
+
+    def _unpack(
+        self, package: SourceMessage
+    ) -> list[tuple[SourceMessage, UsageEvent | Rejection]] | None:
+        """The package's messages, or None (logged and counted) when it is refused."""
+        try:
+            outcomes = decode_package(package.value)
+            topic = outcomes[0][0].topic
+            if self.events_topic is not None and topic != self.events_topic:
+                raise PackageError(
+                    PackageReason.UNKNOWN_TOPIC,
+                    f"describes messages of another topic than METERING_EVENTS_TOPIC="
+                    f"{self.events_topic}",
+                )
+        except PackageError as error:
+            self.metrics.packages_rejected[str(error.reason)] += 1
+            log.warning(
+                "relay package rejected; none of its messages is counted",
+                extra={
+                    "reason": str(error.reason),
+                    "detail": error.detail,
+                    "relay_topic": package.topic,
+                    "relay_partition": package.partition,
+                    "relay_offset": package.offset,
+                    "package_bytes": package.size,
+                },
+            )
+            return None
+        return outcomes
 
     async def handle(self, package_messages: Sequence[SourceMessage]) -> FlushResult | None:
         self.busy = True
@@ -108,7 +151,10 @@ class StoreOwnerPipeline:
             self.last_activity = time.monotonic()
             admitted: list[tuple[SourceMessage, UsageEvent | Rejection]] = []
             for package in package_messages:
-                for source, outcome in decode_package(package.value):
+                outcomes = self._unpack(package)
+                if outcomes is None:
+                    continue
+                for source, outcome in outcomes:
                     self.metrics.events_in.inc()
                     verdict = self.positions.admit(source.topic, source.partition, source.offset)
                     if verdict is Admission.NEW:
