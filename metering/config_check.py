@@ -30,6 +30,7 @@ __all__ = [
     "add_config_command",
     "check_configuration",
     "env_names",
+    "ephemeral_store_problem",
     "main",
     "mask_url",
     "render_configuration",
@@ -75,13 +76,17 @@ def check_configuration(env: Mapping[str, str], *, role: str = "all") -> list[st
     `role` is the worker role the configuration is meant for: a `processor` never
     opens the store, so its store path is not checked.
     """
-    _, problems = _settings_from(env)
+    settings, problems = _settings_from(env)
     if role not in ROLES:
         problems.append(f"--role: must be one of {', '.join(ROLES)}")
     url = _lookup(env, "CLICKHOUSE_URL")
     if url is None:
         url = str(Settings.model_fields["clickhouse_url"].default)
     problems += [f"CLICKHOUSE_URL: {p}" for p in _store_problems(url, role)]
+    allowed = settings is not None and settings.allow_ephemeral_store
+    ephemeral = ephemeral_store_problem(url, role, allowed=allowed)
+    if ephemeral is not None:
+        problems.append(f"CLICKHOUSE_URL: {ephemeral}")
     servers = _lookup(env, "KAFKA_BOOTSTRAP_SERVERS")
     if servers:
         problems += [f"KAFKA_BOOTSTRAP_SERVERS: {p}" for p in _bootstrap_problems(servers)]
@@ -91,6 +96,26 @@ def check_configuration(env: Mapping[str, str], *, role: str = "all") -> list[st
         if problem is not None:
             problems.append(f"{PSEUDONYM_KEY_ENV}: {problem}")
     return problems
+
+
+def ephemeral_store_problem(url: str, role: str, *, allowed: bool) -> str | None:
+    """Why a store-writing worker refuses `chdb://` without a directory, or None.
+
+    `chdb://`, `chdb://memory` and `chdb://:memory:` keep the embedded store in the
+    worker's own memory: it counts, commits its ledger and acknowledges Kafka offsets,
+    and everything it counted vanishes when it exits, while the consumer group has
+    moved past the messages. Only an explicit METERING_ALLOW_EPHEMERAL_STORE=1 allows it.
+    """
+    if allowed or role not in _STORE_ROLES:
+        return None
+    if not url.startswith("chdb://") or embedded_path(url) is not None:
+        return None
+    return (
+        f"{url} is an in-memory store: everything a worker counts into it is lost when "
+        "the worker exits. Give the store a directory (chdb://./var/clickhouse) or a "
+        "server (http://127.0.0.1:8123), or set METERING_ALLOW_EPHEMERAL_STORE=1 for a "
+        "throwaway run"
+    )
 
 
 def _store_problems(url: str, role: str) -> list[str]:

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     store_fatal_tries: Annotated[
         int, Field(validation_alias=_env("METERING_STORE_FATAL_TRIES"), ge=1, le=100)
     ] = 3
+    # chdb:// with no path (or `memory`) keeps the store in the worker's memory: every
+    # count vanishes with the process. A worker refuses it unless this is set.
+    allow_ephemeral_store: Annotated[
+        bool, Field(validation_alias=_env("METERING_ALLOW_EPHEMERAL_STORE"))
+    ] = False
     session_timeout_seconds: Annotated[
         float, Field(validation_alias=_env("METERING_SESSION_TIMEOUT_SECONDS"), ge=6, le=300)
     ] = 10.0

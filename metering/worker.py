@@ -23,11 +23,12 @@ from faust.types import TP
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.structs import TopicPartition
 
+from metering.config_check import ephemeral_store_problem
 from metering.health import WorkerHealth, start_health_server
 from metering.kafka_config import kafka_python_options
 from metering.migrations import apply_migrations
 from metering.retention import apply_retention
-from metering.settings import Settings
+from metering.settings import Settings, SettingsError
 from metering.store import connect, describe_store
 from metering.topics import ensure_topics
 from streams import ledger_sql
@@ -70,6 +71,11 @@ def run_worker(
 ) -> WorkerSummary:
     if role not in ROLES:
         raise ValueError(f"--role must be one of {', '.join(ROLES)}")
+    ephemeral = ephemeral_store_problem(
+        settings.clickhouse_url, role, allowed=settings.allow_ephemeral_store
+    )
+    if ephemeral is not None:
+        raise SettingsError(f"invalid configuration:\n  CLICKHOUSE_URL: {ephemeral}")
     return asyncio.run(_run(settings, until_idle, role))
 
 

@@ -141,3 +141,39 @@ def test_check_prints_each_problem_on_its_line_and_exits_1(
     assert lines[1].startswith("CLICKHOUSE_URL: has no port")
     assert lines[2] == "metering config: 2 problem(s)"
     assert "s3cr3t" not in captured.err
+
+
+@pytest.mark.parametrize("url", ["chdb://", "chdb://memory", "chdb://:memory:"])
+def test_an_in_memory_store_is_refused_for_a_store_writing_worker(url: str) -> None:
+    expected = (
+        f"CLICKHOUSE_URL: {url} is an in-memory store: everything a worker counts into it is "
+        "lost when the worker exits. Give the store a directory (chdb://./var/clickhouse) or "
+        "a server (http://127.0.0.1:8123), or set METERING_ALLOW_EPHEMERAL_STORE=1 for a "
+        "throwaway run"
+    )
+    for role in ("all", "store-owner"):
+        assert check_configuration({"CLICKHOUSE_URL": url}, role=role) == [expected]
+    assert check_configuration({"CLICKHOUSE_URL": url}, role="processor") == []
+    allowed = {"CLICKHOUSE_URL": url, "METERING_ALLOW_EPHEMERAL_STORE": "1"}
+    assert check_configuration(allowed) == []
+
+
+def test_the_worker_refuses_an_in_memory_store_before_it_touches_anything(
+    tmp_path: Path,
+) -> None:
+    from metering.settings import SettingsError, load_settings
+    from metering.worker import run_worker
+
+    # A broker address nothing listens on: reaching Kafka would fail differently.
+    settings = load_settings(clickhouse_url="chdb://memory", kafka_bootstrap_servers="127.0.0.1:9")
+    with pytest.raises(SettingsError) as refused:
+        run_worker(settings, until_idle=0.1)
+    assert str(refused.value).splitlines() == [
+        "invalid configuration:",
+        "  CLICKHOUSE_URL: chdb://memory is an in-memory store: everything a worker counts "
+        "into it is lost when the worker exits. Give the store a directory "
+        "(chdb://./var/clickhouse) or a server (http://127.0.0.1:8123), or set "
+        "METERING_ALLOW_EPHEMERAL_STORE=1 for a throwaway run",
+    ]
+    with pytest.raises(SettingsError, match="in-memory store"):
+        run_worker(settings, role="store-owner")
