@@ -87,6 +87,12 @@ def add_reporting_commands(subparsers: Any) -> None:
         action="store_true",
         help="compute and compare with the latest run, record nothing",
     )
+    bill.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse the statement when a model has no list price in the price book "
+        "(default: bill it, with that model's list value shown as unpriced and a warning)",
+    )
 
     reconcile = subparsers.add_parser(
         "reconcile", help="prove events counted = rollup totals = billed quantities"
@@ -189,7 +195,9 @@ def _bill(args: argparse.Namespace, settings: Settings) -> int:
                 f"{pending} committed flush(es) are not yet folded into the rollups; start "
                 "the worker once (recovery applies them), then bill again"
             )
-        statement = price_statement(read_usage(client, period), book)
+        statement = price_statement(read_usage(client, period), book, strict=args.strict)
+        for unpriced in statement.unpriced:
+            print(unpriced.warning(), file=sys.stderr)
         if not statement.lines:
             print(f"no counted usage in {period.describe()}: nothing to bill, nothing recorded")
             return 0
@@ -242,18 +250,20 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _access(args: argparse.Namespace, settings: Settings) -> int:
-    from metering.oversight.access import agency_user_sql, sql_statements
+    from metering.oversight.access import agency_user_name, agency_user_sql, sql_statements
     from store import describe_store
+    from store.local_server import local_server_at
 
+    agency_user_name(args.agency)  # validates the id (AccessError names it)
     if not args.apply:
         sys.stdout.write(agency_user_sql(args.agency, args.password_sha256))
         return 0
     if settings.clickhouse_url.startswith("chdb://"):
         print(
             f"metering access: {describe_store(settings.clickhouse_url)} has no access control "
-            "(no users, roles, quotas or row policies): nothing applied. Run the SQL printed "
-            "without --apply on a ClickHouse server, or set CLICKHOUSE_URL=http(s)://... to a "
-            "server and a user allowed to manage access.",
+            "(no users, roles, quotas or row policies): nothing applied. Use the local server "
+            "(infra/clickhouse/start, CLICKHOUSE_URL=http://127.0.0.1:8123), or run the SQL "
+            "printed without --apply on a ClickHouse server.",
             file=sys.stderr,
         )
         return 2
@@ -262,16 +272,30 @@ def _access(args: argparse.Namespace, settings: Settings) -> int:
     if digest is None:
         password = secrets.token_urlsafe(24)
         digest = hashlib.sha256(password.encode()).hexdigest()
-    sql = agency_user_sql(args.agency, digest)
-    from store import connect
+    local = local_server_at(settings.clickhouse_url)
+    if local is not None:
+        # The local server keeps users in files (it has no writable access storage).
+        path = local.write_agency_user(args.agency, digest)
+        running = local.running_pid() is not None
+        print(f"wrote user {agency_user_name(args.agency)} for agency {args.agency} to {path}")
+        if running:
+            print(
+                "the local server reads users at start: restart it for the user to take "
+                "effect (infra/clickhouse/stop && infra/clickhouse/start)"
+            )
+        else:
+            print("the local server is not running: the user takes effect when it starts")
+    else:
+        sql = agency_user_sql(args.agency, digest)
+        from store import connect
 
-    client = connect(settings.clickhouse_url)
-    try:
-        for statement in sql_statements(sql):
-            client.command(statement)
-    finally:
-        client.close()
-    print(f"applied {len(sql_statements(sql))} statements for agency {args.agency}")
+        client = connect(settings.clickhouse_url)
+        try:
+            for statement in sql_statements(sql):
+                client.command(statement)
+        finally:
+            client.close()
+        print(f"applied {len(sql_statements(sql))} statements for agency {args.agency}")
     if password is not None:
         print(f"password (shown once, hand it over securely): {password}")
     return 0

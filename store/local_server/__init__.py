@@ -3,7 +3,12 @@ own HTTP and native protocols, so every command, billing job and reporter shares
 store as it would a production server. `infra/clickhouse/start` and `stop` run it."""
 
 from store.local_server.config import ServerLayout, agency_user_name, agency_user_xml
-from store.local_server.control import LocalServer, LocalServerError, ServerOptions
+from store.local_server.control import (
+    LocalServer,
+    LocalServerError,
+    ServerOptions,
+    local_server_at,
+)
 
 __all__ = [
     "LocalServer",
@@ -12,4 +17,5 @@ __all__ = [
     "ServerOptions",
     "agency_user_name",
     "agency_user_xml",
+    "local_server_at",
 ]

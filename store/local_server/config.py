@@ -254,7 +254,7 @@ def agency_user_xml(
     )
     return f"""\
 <clickhouse>
-    <!-- Agency {agency_id}: written by `metering access agency-user --apply`. -->
+    <!-- Agency {agency_id}: written by metering access agency-user (apply). -->
     <users>
         <{user}>
             {_password_element(password_sha256_hex)}

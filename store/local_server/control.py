@@ -24,15 +24,18 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from store.local_server.config import (
     ServerLayout,
+    agency_user_name,
+    agency_user_xml,
     password_sha256,
     render_config_xml,
     render_users_xml,
 )
 
-__all__ = ["LocalServer", "LocalServerError", "ServerOptions"]
+__all__ = ["LocalServer", "LocalServerError", "ServerOptions", "local_server_at"]
 
 _PROCESS_MODULE: Final = "store.local_server"
 
@@ -163,7 +166,7 @@ class LocalServer:
                 os.kill(pid, signal.SIGKILL)
             raise LocalServerError(
                 f"clickhouse: the server did not answer on {options.http_url} within "
-                f"{options.start_timeout:.0f} s (CLICKHOUSE_START_TIMEOUT); last lines of "
+                f"{options.start_timeout:.0f} s (CLICKHOUSE_START_TIMEOUT) or stopped; from "
                 f"{layout.log_file}:\n{tail}"
             )
         return (
@@ -247,6 +250,15 @@ class LocalServer:
             time.sleep(0.1)
         return False
 
+    # -- users ----------------------------------------------------------------
+
+    def write_agency_user(self, agency_id: str, password_sha256_hex: str) -> Path:
+        """users.d/<user>.xml for one agency; the server reads it at its next start."""
+        self.layout.users_d.mkdir(parents=True, exist_ok=True)
+        path = self.layout.users_d / f"{agency_user_name(agency_id)}.xml"
+        _write_private(path, agency_user_xml(agency_id, password_sha256_hex))
+        return path
+
     # -- stop -----------------------------------------------------------------
 
     def stop(self) -> str:
@@ -267,6 +279,19 @@ class LocalServer:
             how = f"killed after {self.options.stop_timeout:.0f} s (CLICKHOUSE_STOP_TIMEOUT)"
         layout.pid_file.unlink(missing_ok=True)
         return f"clickhouse: {how} (pid {pid})"
+
+
+def local_server_at(url: str, env: dict[str, str] | None = None) -> LocalServer | None:
+    """The local server that CLICKHOUSE_URL names, if it is one: a loopback URL on the
+    HTTP port of the server directory the environment points at (CLICKHOUSE_DATA_DIR,
+    CLICKHOUSE_HTTP_PORT, as infra/clickhouse/start reads them)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    options = ServerOptions.from_environment(env)
+    if (parts.port or 80) != options.http_port or not options.layout.config_xml.exists():
+        return None
+    return LocalServer(options)
 
 
 def _auth_headers(user: str, password: str | None) -> dict[str, str]:
@@ -316,7 +341,13 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 def _tail(path: Path, lines: int = 20) -> str:
+    """The first error the server logged (the cause; the stack trace after it is noise),
+    else the last lines of its log."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
+    errors = [line for line in text if "<Error>" in line or "Exception:" in line]
+    if errors:
+        return errors[0][:1000]
+    return "\n".join(text[-lines:])
