@@ -1,7 +1,9 @@
 """Render billing statements, restatement deltas and reconciliations for people and tools.
 
 Money is printed from `Decimal` as-is (two places) and written to JSON as strings,
-so no amount ever passes through a binary float.
+so no amount ever passes through a binary float. A list value that leaves out a model
+without a list price is marked: `*` and a note in the table, `unpriced_models` and
+`"priced": false` in JSON, an `unpriced_models` column in CSV.
 """
 
 from __future__ import annotations
@@ -77,12 +79,16 @@ def _cell(value: Any) -> str:
 def render_statement(outcome: BillingOutcome, fmt: str, price_book: str) -> str:
     statement = outcome.statement
     if fmt == "csv":
-        rows = [line.row() for line in statement.lines]
-        return format_result(STATEMENT_COLUMNS, rows, "csv") + "\n"
+        rows = [(*line.row(), ";".join(line.unpriced_models)) for line in statement.lines]
+        return format_result([*STATEMENT_COLUMNS, "unpriced_models"], rows, "csv") + "\n"
     if fmt == "json":
         return orjson.dumps(_document(outcome, price_book), option=orjson.OPT_INDENT_2).decode()
     lines = [
-        [_cell(getattr(line, column)) for column in _TABLE_COLUMNS] for line in statement.lines
+        [
+            _cell(getattr(line, column)) + ("*" if _marked(column, [line]) else "")
+            for column in _TABLE_COLUMNS
+        ]
+        for line in statement.lines
     ]
     totals = [
         [
@@ -90,7 +96,8 @@ def render_statement(outcome: BillingOutcome, fmt: str, price_book: str) -> str:
             _cell(len(tenant_lines)),
             _cell(sum(li.messages for li in tenant_lines)),
             _usd(sum((li.charge_usd for li in tenant_lines), Decimal("0.00"))),
-            _usd(sum((li.list_value_usd for li in tenant_lines), Decimal("0.00"))),
+            _usd(sum((li.list_value_usd for li in tenant_lines), Decimal("0.00")))
+            + ("*" if _marked("list_value_usd", tenant_lines) else ""),
         ]
         for tenant, tenant_lines in _by_tenant(statement).items()
     ]
@@ -100,22 +107,33 @@ def render_statement(outcome: BillingOutcome, fmt: str, price_book: str) -> str:
             _cell(len(statement.lines)),
             _cell(statement.total("messages")),
             _usd(statement.charge_usd),
-            _usd(statement.list_value_usd),
+            _usd(statement.list_value_usd)
+            + ("*" if _marked("list_value_usd", list(statement.lines)) else ""),
         ]
     )
-    return "\n".join(
-        [
-            f"Statement {statement.period.describe()}, amounts in USD",
-            text_table(_TABLE_COLUMNS, lines, _TABLE_TEXT_COLUMNS),
+    out = [
+        f"Statement {statement.period.describe()}, amounts in USD",
+        text_table(_TABLE_COLUMNS, lines, _TABLE_TEXT_COLUMNS),
+        "",
+        "Totals",
+        text_table(
+            ["tenant", "lines", "messages", "charge_usd", "list_value_usd"],
+            totals,
+            {"tenant"},
+        ),
+    ]
+    if statement.unpriced:
+        models = sorted({u.model for u in statement.unpriced})
+        out += [
             "",
-            "Totals",
-            text_table(
-                ["tenant", "lines", "messages", "charge_usd", "list_value_usd"],
-                totals,
-                {"tenant"},
-            ),
+            f"* list value without the unpriced model(s) {', '.join(models)}: {price_book} "
+            "has no list price for them (charges are exact: they do not depend on list prices)",
         ]
-    )
+    return "\n".join(out)
+
+
+def _marked(column: str, lines: list[Any]) -> bool:
+    return column == "list_value_usd" and any(line.unpriced_models for line in lines)
 
 
 def _by_tenant(statement: Statement) -> dict[str, list[Any]]:
@@ -150,12 +168,31 @@ def _document(outcome: BillingOutcome, price_book: str) -> dict[str, Any]:
             "tokens_out": statement.total("tokens_out"),
             "charge_usd": str(statement.charge_usd),
             "list_value_usd": str(statement.list_value_usd),
+            "unpriced_models": sorted({u.model for u in statement.unpriced}),
         },
+        "unpriced": [
+            {
+                "model": u.model,
+                "month": u.month.isoformat(),
+                "tokens_in": u.tokens_in,
+                "tokens_out": u.tokens_out,
+                "lines": u.lines,
+                "reason": u.reason,
+            }
+            for u in statement.unpriced
+        ],
         "lines": [
             {
                 **{c: _plain(v) for c, v in zip(STATEMENT_COLUMNS, line.row(), strict=True)},
+                "unpriced_models": list(line.unpriced_models),
                 "models": [
-                    {"model": m, "tokens_in": i, "tokens_out": o} for m, i, o in line.models
+                    {
+                        "model": m,
+                        "tokens_in": i,
+                        "tokens_out": o,
+                        "priced": m not in line.unpriced_models,
+                    }
+                    for m, i, o in line.models
                 ],
             }
             for line in statement.lines

@@ -6,6 +6,12 @@ per model, for the list value). Pricing is pure: `price_statement` turns the
 quantities and a `PriceBook` into lines, following the rules written in
 `pricebook.toml`. Money is `Decimal` throughout, rounded half-even to cents once per
 line.
+
+A model the price book has no list price for does not stop billing: the charges (per
+agency per fiscal year, per active seat) never depend on model prices, so the lines
+are exact; the list value of that model is left out and the line says so
+(`unpriced_models`), and the statement carries one `UnpricedModel` per model and month
+for the warning. `strict=True` refuses the statement instead, as before.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from metering.billing.periods import Period
-from metering.billing.pricebook import PriceBook
+from metering.billing.pricebook import PriceBook, PriceBookError
 
 __all__ = [
     "STATEMENT_COLUMNS",
@@ -32,6 +38,7 @@ __all__ = [
     "MonthQuantities",
     "Statement",
     "StatementLine",
+    "UnpricedModel",
     "Usage",
     "input_digest",
     "price_statement",
@@ -131,6 +138,8 @@ class StatementLine:
     charge_usd: Decimal
     list_value_usd: Decimal
     models: tuple[tuple[str, int, int], ...]  # (model, tokens_in, tokens_out), sorted
+    # Models of `models` without a list price: their tokens are not in list_value_usd.
+    unpriced_models: tuple[str, ...] = ()
 
     @property
     def key(self) -> LineKey:
@@ -179,10 +188,31 @@ def input_digest(period_label: str, lines: Iterable[StatementLine]) -> str:
 
 
 @dataclass(frozen=True)
+class UnpricedModel:
+    """A model used in a month that the price book has no list price for."""
+
+    model: str
+    month: date
+    tokens_in: int
+    tokens_out: int
+    lines: int  # statement lines using it that month
+    reason: str  # the price book's own message: the model, the file, what to add
+
+    def warning(self) -> str:
+        return (
+            f"warning: {self.reason}. The list value of {self.model!r} in {self.month:%Y-%m} "
+            f"({self.tokens_in:,} tokens in, {self.tokens_out:,} out, {self.lines} line(s)) "
+            "is shown as unpriced and left out of the list value; the charges are exact "
+            "(they do not depend on list prices). Bill with --strict to refuse instead."
+        )
+
+
+@dataclass(frozen=True)
 class Statement:
     period: Period
     lines: tuple[StatementLine, ...]
     price_book_sha256: str
+    unpriced: tuple[UnpricedModel, ...] = ()
 
     @property
     def input_sha256(self) -> str:
@@ -301,7 +331,9 @@ def read_usage(client: Client, period: Period) -> Usage:
 # Pricing (pure)
 
 
-def price_statement(usage: Usage, book: PriceBook) -> Statement:
+def price_statement(usage: Usage, book: PriceBook, *, strict: bool = False) -> Statement:
+    """Price every line. A model without a list price is unpriced (see the module's
+    docstring), or, with `strict`, a PriceBookError naming the model and the book."""
     period = usage.period
     by_key: dict[LineKey, list[MonthQuantities]] = defaultdict(list)
     for quantities in usage.months:
@@ -317,11 +349,22 @@ def price_statement(usage: Usage, book: PriceBook) -> Statement:
             "agency rollup lacks; a flush is only partly applied: start the worker once "
             "(recovery re-applies it) and bill again"
         )
+    unpriced: dict[tuple[str, date], list[Any]] = {}
     lines = [
-        _price_line(period, key, by_key[key], tokens_by_key.get(key, []), usage, book)
+        _price_line(
+            period, key, by_key[key], tokens_by_key.get(key, []), usage, book, strict, unpriced
+        )
         for key in sorted(by_key)
     ]
-    return Statement(period, tuple(lines), book.sha256)
+    return Statement(
+        period,
+        tuple(lines),
+        book.sha256,
+        tuple(
+            UnpricedModel(model, when, tokens_in, tokens_out, count, reason)
+            for (model, when), (tokens_in, tokens_out, count, reason) in sorted(unpriced.items())
+        ),
+    )
 
 
 def _price_line(
@@ -331,6 +374,8 @@ def _price_line(
     model_tokens: list[ModelTokens],
     usage: Usage,
     book: PriceBook,
+    strict: bool,
+    unpriced: dict[tuple[str, date], list[Any]],
 ) -> StatementLine:
     tenant, agency_id, agency_level = key
     tokens_in = sum(m.tokens_in for m in months)
@@ -359,14 +404,25 @@ def _price_line(
                 charge += plan.price_usd
         list_value = Decimal(0)
         per_model: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        unpriced_here: set[str] = set()
         for tokens in model_tokens:
-            price = book.price_for(tokens.model, tokens.month)
+            per_model[tokens.model][0] += tokens.tokens_in
+            per_model[tokens.model][1] += tokens.tokens_out
+            try:
+                price = book.price_for(tokens.model, tokens.month)
+            except PriceBookError as error:
+                if strict:
+                    raise
+                unpriced_here.add(tokens.model)
+                seen = unpriced.setdefault((tokens.model, tokens.month), [0, 0, 0, str(error)])
+                seen[0] += tokens.tokens_in
+                seen[1] += tokens.tokens_out
+                seen[2] += 1
+                continue
             list_value += (
                 tokens.tokens_in * price.input_per_million_usd
                 + tokens.tokens_out * price.output_per_million_usd
             ) / MILLION
-            per_model[tokens.model][0] += tokens.tokens_in
-            per_model[tokens.model][1] += tokens.tokens_out
         charge_usd, list_value_usd = to_cents(charge), to_cents(list_value)
     return StatementLine(
         period=period.label,
@@ -383,4 +439,5 @@ def _price_line(
         charge_usd=charge_usd,
         list_value_usd=list_value_usd,
         models=tuple((model, v[0], v[1]) for model, v in sorted(per_model.items())),
+        unpriced_models=tuple(sorted(unpriced_here)),
     )

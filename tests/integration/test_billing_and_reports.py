@@ -134,10 +134,11 @@ def check_statement(statement: dict[str, Any], month: str) -> None:
 def test_statements_runs_restatement_and_reconciliation(
     corpus: MeteringRun, tmp_path: Path
 ) -> None:
-    # A model the price book does not know stops billing, naming the model and the file.
+    # With --strict, a model the price book does not know stops billing, naming the model
+    # and the file (without it the model's list value is unpriced: see the end of the file).
     book = tmp_path / "pricebook.toml"
     book.write_text(PRICE_BOOK.read_text().replace('model = "gpt-5"\n', 'model = "gpt-5x"\n'))
-    refused = reporting(corpus, "bill", "--month", "2026-10", "--price-book", str(book))
+    refused = reporting(corpus, "bill", "--month", "2026-10", "--price-book", str(book), "--strict")
     assert refused.returncode == 1
     assert f"{book}: no list price for model 'gpt-5' (used in 2026-10)" in refused.stderr
 
@@ -481,3 +482,125 @@ def test_html_report_renders_in_headless_chromium(
     assert screenshot.returncode == 0, screenshot.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 60_000  # charts and tables, not a blank page
+
+
+# ---------------------------------------------------------------------------------
+# A new model must not block billing (December 2026: no other test reads it)
+
+
+def _december_event(
+    n: int, tenant: str, agency: str, level: str, model: str, tin: int, tout: int
+) -> str:
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "event_id": f"3c9d2f0a-6b1e-4d7a-9c35-5e8f1a2b7c{n:02d}",
+            "occurred_at": f"2026-12-0{n}T15:00:00Z",
+            "tenant": tenant,
+            "agency_id": agency,
+            "agency_level": level,
+            "user_id": f"u-december-{n}",
+            "conversation_id": f"c-december-{n}",
+            "model": model,
+            "tokens_in": tin,
+            "tokens_out": tout,
+        }
+    )
+
+
+def test_a_model_missing_from_the_price_book_is_billed_with_exact_charges(
+    corpus: MeteringRun, tmp_path: Path
+) -> None:
+    new_model = "gpt-6-preview"
+    events = tmp_path / "december.jsonl"
+    events.write_text(
+        "\n".join(
+            [
+                _december_event(
+                    1, "chatgpt-enterprise", "state-dec", "state", "gpt-4o", 400_000, 100_000
+                ),
+                _december_event(
+                    2, "chatgpt-enterprise", "state-dec", "state", new_model, 300_000, 20_000
+                ),
+                _december_event(
+                    3, "chatgpt-gov", "fed-dec-pilot", "federal", new_model, 1_000, 500
+                ),
+            ]
+        )
+        + "\n"
+    )
+    corpus.replay(events)
+    assert corpus.worker(until_idle=1.0).returncode == 0
+
+    strict = reporting(corpus, "bill", "--month", "2026-12", "--strict")
+    assert strict.returncode == 1
+    assert f"{PRICE_BOOK}: no list price for model '{new_model}' (used in 2026-12)" in strict.stderr
+
+    december, stderr = bill(corpus, "--month", "2026-12")
+    assert (december["status"], december["run_id"]) == ("recorded", "2026-12-v1")
+    warning = (
+        f"warning: {PRICE_BOOK}: no list price for model '{new_model}' (used in 2026-12); "
+        "there is no default price: add a [[models]] entry with `model` or `model_prefix` and "
+        f"have it reviewed before billing. The list value of '{new_model}' in 2026-12 "
+        "(301,000 tokens in, 20,500 out, 2 line(s)) is shown as unpriced"
+    )
+    assert warning in stderr
+    assert [
+        (
+            li["tenant"],
+            li["agency_id"],
+            li["messages"],
+            li["active_users"],
+            li["billable_units"],
+            li["charge_usd"],
+            li["list_value_usd"],
+            li["unpriced_models"],
+        )
+        for li in december["lines"]
+    ] == [
+        # 2 seats x 60.00; list value 0.4 M in x 2.50 + 0.1 M out x 10.00 (gpt-4o only)
+        ("chatgpt-enterprise", "state-dec", 2, 2, 2, "120.00", "2.00", [new_model]),
+        # first active month of the fiscal year: 1.00; its only model is unpriced
+        ("chatgpt-gov", "fed-dec-pilot", 1, 1, 1, "1.00", "0.00", [new_model]),
+    ]
+    assert december["totals"]["charge_usd"] == "121.00"
+    assert december["totals"]["list_value_usd"] == "2.00"
+    assert december["unpriced"] == [
+        {
+            "model": new_model,
+            "month": "2026-12-01",
+            "tokens_in": 301_000,
+            "tokens_out": 20_500,
+            "lines": 2,
+            "reason": f"{PRICE_BOOK}: no list price for model '{new_model}' (used in 2026-12); "
+            "there is no default price: add a [[models]] entry with `model` or `model_prefix` "
+            "and have it reviewed before billing",
+        }
+    ]
+    reconciled = reporting(corpus, "reconcile", "--month", "2026-12")
+    assert reconciled.returncode == 0, reconciled.stdout
+
+    # Once the price book lists the model, the period is restated: same charges, the
+    # list value now includes it (5.00 in, 20.00 out per million).
+    book = tmp_path / "pricebook.toml"
+    book.write_text(
+        PRICE_BOOK.read_text()
+        + f'\n[[models]]\nmodel = "{new_model}"\ninput_per_million_usd = 5.00\n'
+        "output_per_million_usd = 20.00\neffective_from = 2026-12-01\n"
+    )
+    restated, stderr = bill(corpus, "--month", "2026-12", "--price-book", str(book))
+    assert (restated["status"], restated["run_id"]) == ("restated", "2026-12-v2")
+    assert "warning:" not in stderr
+    assert [
+        (li["charge_usd"], li["list_value_usd"], li["unpriced_models"]) for li in restated["lines"]
+    ] == [
+        ("120.00", "3.90", []),  # 2.00 + 0.3 M x 5.00 + 0.02 M x 20.00
+        ("1.00", "0.02", []),  # 0.005 + 0.010 = 0.015, half to even: 0.02
+    ]
+    assert [
+        (c["agency_id"], c["charge_delta_usd"], c["list_value_delta_usd"])
+        for c in restated["changes"]
+    ] == [
+        ("state-dec", "0.00", "1.90"),
+        ("fed-dec-pilot", "0.00", "0.02"),
+    ]

@@ -286,3 +286,112 @@ def test_the_input_digest_covers_quantities_not_prices() -> None:
         {},
     )
     assert price_statement(more, book).input_sha256 != first.input_sha256
+
+
+# ---------------------------------------------------------------------------------
+# a model the price book lacks: exact charges, the list value marked unpriced
+
+
+def _new_model_usage() -> Usage:
+    return Usage(
+        month("2026-10"),
+        (
+            quantities(OCT, "ent", "a", 10, 1_000_000, 7),
+            MonthQuantities(OCT, "gov", "g", "federal", 3, 200_000, 50_000, 2),
+        ),
+        (
+            tokens(OCT, "ent", "a", "gpt-4o", 600_000),
+            tokens(OCT, "ent", "a", "gpt-9", 400_000),
+            ModelTokens(OCT, "gov", "g", "federal", "gpt-9", 200_000, 50_000),
+        ),
+        {key("ent", "a"): 7, key("gov", "g"): 2},
+        {key("ent", "a"): OCT, key("gov", "g"): OCT},
+    )
+
+
+def test_a_model_without_a_price_leaves_the_charges_exact_and_its_list_value_unpriced() -> None:
+    book = parse_price_book(BOOK, "prices/book.toml")
+    statement = price_statement(_new_model_usage(), book)
+    ent, gov = statement.lines
+    assert (ent.billable_units, ent.charge_usd) == (7, Decimal("420.00"))
+    assert ent.list_value_usd == Decimal("1.50")  # 0.6 M gpt-4o in x 2.50; gpt-9 left out
+    assert ent.unpriced_models == ("gpt-9",)
+    assert ent.models == (("gpt-4o", 600_000, 0), ("gpt-9", 400_000, 0))
+    assert (gov.billable_units, gov.charge_usd, gov.list_value_usd) == (1, Decimal("1.00"), 0)
+    assert gov.unpriced_models == ("gpt-9",)
+    assert (statement.charge_usd, statement.list_value_usd) == (Decimal("421.00"), Decimal("1.50"))
+    [unpriced] = statement.unpriced
+    assert (unpriced.model, unpriced.month, unpriced.lines) == ("gpt-9", OCT, 2)
+    assert (unpriced.tokens_in, unpriced.tokens_out) == (600_000, 50_000)
+    assert unpriced.reason == (
+        "prices/book.toml: no list price for model 'gpt-9' (used in 2026-10); there is no "
+        "default price: add a [[models]] entry with `model` or `model_prefix` and have it "
+        "reviewed before billing"
+    )
+    assert unpriced.warning().startswith(f"warning: {unpriced.reason}. The list value of 'gpt-9'")
+    assert "(600,000 tokens in, 50,000 out, 2 line(s))" in unpriced.warning()
+    assert "--strict" in unpriced.warning()
+    # The quantities, and so the input digest, are those of a fully priced statement.
+    priced_book = parse_price_book(
+        BOOK.replace(b'model = "gpt-4o"', b'model_prefix = "gpt-"'), "prices/book.toml"
+    )
+    priced = price_statement(_new_model_usage(), priced_book)
+    assert priced.unpriced == () and priced.input_sha256 == statement.input_sha256
+    assert priced.lines[0].list_value_usd == Decimal("2.50")  # 1 M tokens in x 2.50
+
+
+def test_strict_keeps_the_refusal_naming_the_model_and_the_book() -> None:
+    book = parse_price_book(BOOK, "prices/book.toml")
+    with pytest.raises(PriceBookError, match=r"prices/book.toml: no list price for model 'gpt-9'"):
+        price_statement(_new_model_usage(), book, strict=True)
+
+
+def test_a_price_not_yet_in_force_is_unpriced_too() -> None:
+    book = load_price_book()
+    usage = Usage(
+        month("2025-03"),
+        (quantities(date(2025, 3, 1), "chatgpt-enterprise", "a", 1, 1_000_000, 1),),
+        (tokens(date(2025, 3, 1), "chatgpt-enterprise", "a", "o3", 1_000_000),),
+        {key("chatgpt-enterprise", "a"): 1},
+        {},
+    )
+    statement = price_statement(usage, book)
+    [line] = statement.lines
+    assert (line.charge_usd, line.list_value_usd) == (Decimal("60.00"), Decimal("0.00"))
+    assert "model 'o3' has no list price in force in 2025-03" in statement.unpriced[0].reason
+
+
+def test_the_rendered_statement_marks_the_unpriced_list_value() -> None:
+    from metering.billing.render import render_statement
+    from metering.billing.runs import BillingOutcome
+
+    statement = price_statement(_new_model_usage(), parse_price_book(BOOK, "prices/book.toml"))
+    outcome = BillingOutcome("not_recorded", statement, None, None, ())
+    table = render_statement(outcome, "table", "prices/book.toml")
+    assert table.splitlines()[-1] == (
+        "* list value without the unpriced model(s) gpt-9: prices/book.toml has no list "
+        "price for them (charges are exact: they do not depend on list prices)"
+    )
+    assert "1.50*" in table and "0.00*" in table
+    document = json.loads(render_statement(outcome, "json", "prices/book.toml"))
+    assert document["totals"]["unpriced_models"] == ["gpt-9"]
+    assert document["totals"]["charge_usd"] == "421.00"
+    assert document["unpriced"] == [
+        {
+            "model": "gpt-9",
+            "month": "2026-10-01",
+            "tokens_in": 600_000,
+            "tokens_out": 50_000,
+            "lines": 2,
+            "reason": statement.unpriced[0].reason,
+        }
+    ]
+    ent = document["lines"][0]
+    assert ent["unpriced_models"] == ["gpt-9"]
+    assert [(m["model"], m["priced"]) for m in ent["models"]] == [
+        ("gpt-4o", True),
+        ("gpt-9", False),
+    ]
+    csv_lines = render_statement(outcome, "csv", "prices/book.toml").splitlines()
+    assert csv_lines[0].endswith(",list_value_usd,unpriced_models")
+    assert csv_lines[1].endswith(",420.00,1.50,gpt-9")
