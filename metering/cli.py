@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="publish JSONL(.gz) lines to the events topic")
     _common(replay)
     replay.add_argument("paths", nargs="+", type=Path)
+    replay.add_argument(
+        "--compression",
+        dest="replay_compression",
+        choices=("none", "gzip", "snappy", "lz4", "zstd"),
+        help="Kafka codec of the published batches (env METERING_REPLAY_COMPRESSION, default none)",
+    )
 
     worker = commands.add_parser("worker", help="run the stream processors")
     _common(worker)

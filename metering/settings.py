@@ -126,6 +126,10 @@ class Settings(BaseSettings):
         int, Field(validation_alias=_env("METERING_HEALTH_PORT"), ge=0, le=65535)
     ] = 9464
     worker_name: Annotated[str, Field(validation_alias=_env("METERING_WORKER_NAME"))] = ""
+    replay_compression: Annotated[
+        Literal["none", "gzip", "snappy", "lz4", "zstd"],
+        Field(validation_alias=_env("METERING_REPLAY_COMPRESSION")),
+    ] = "none"
 
     @field_validator("dedupe_filter_mb")
     @classmethod
