@@ -134,7 +134,15 @@ def add_reporting_commands(subparsers: Any) -> None:
     agency_user.add_argument(
         "--apply",
         action="store_true",
-        help="run the SQL on the ClickHouse server in CLICKHOUSE_URL",
+        help="create the user: in the local server's users.d when CLICKHOUSE_URL is the "
+        "local server, else by running the SQL on the server in CLICKHOUSE_URL",
+    )
+    agency_user.add_argument(
+        "--users-dir",
+        type=Path,
+        metavar="DIR",
+        help="write the user as a users.d file into DIR instead (e.g. the directory "
+        "docker-compose.yml mounts as the server's users.d)",
     )
 
 
@@ -255,6 +263,8 @@ def _access(args: argparse.Namespace, settings: Settings) -> int:
     from store.local_server import local_server_at
 
     agency_user_name(args.agency)  # validates the id (AccessError names it)
+    if args.users_dir is not None:
+        return _write_users_file(args)
     if not args.apply:
         sys.stdout.write(agency_user_sql(args.agency, args.password_sha256))
         return 0
@@ -267,11 +277,7 @@ def _access(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    password = None
-    digest = args.password_sha256
-    if digest is None:
-        password = secrets.token_urlsafe(24)
-        digest = hashlib.sha256(password.encode()).hexdigest()
+    password, digest = _new_password(args.password_sha256)
     local = local_server_at(settings.clickhouse_url)
     if local is not None:
         # The local server keeps users in files (it has no writable access storage).
@@ -296,6 +302,36 @@ def _access(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             client.close()
         print(f"applied {len(sql_statements(sql))} statements for agency {args.agency}")
+    if password is not None:
+        print(f"password (shown once, hand it over securely): {password}")
+    return 0
+
+
+def _new_password(digest: str | None) -> tuple[str | None, str]:
+    """(the password to show once, its sha256), or (None, the given digest)."""
+    if digest is not None:
+        return None, digest
+    password = secrets.token_urlsafe(24)
+    return password, hashlib.sha256(password.encode()).hexdigest()
+
+
+def _write_users_file(args: argparse.Namespace) -> int:
+    from metering.oversight.access import AccessError, agency_user_name
+    from store.local_server import agency_user_xml
+
+    password, digest = _new_password(args.password_sha256)
+    try:
+        text = agency_user_xml(args.agency, digest)
+    except ValueError as error:
+        raise AccessError(str(error)) from None
+    args.users_dir.mkdir(parents=True, exist_ok=True)
+    path = args.users_dir / f"{agency_user_name(args.agency)}.xml"
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+    print(
+        f"wrote user {agency_user_name(args.agency)} for agency {args.agency} to {path}; a "
+        "ClickHouse server reloads its users.d by itself, the local server at its next start"
+    )
     if password is not None:
         print(f"password (shown once, hand it over securely): {password}")
     return 0

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from store.local_server.config import render_server_reporter_xml
 from store.local_server.control import LocalServer, LocalServerError, ServerOptions
 from store.local_server.process import serve
 
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("start", help="start the local server unless it runs")
     commands.add_parser("stop", help="stop the local server of this data directory")
     commands.add_parser("status", help="exit 0 if the server runs and answers")
+    commands.add_parser("reporter-xml", help="print the reporter user for a server's users.d")
     run = commands.add_parser("serve", help="the server process itself (used by start)")
     run.add_argument("--data-dir", type=Path, required=True)
     run.add_argument("--server-dir", type=Path, required=True)
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         return serve(
             args.data_dir, args.http_host, args.http_port, os.environ.get("CLICKHOUSE_PASSWORD")
         )
+    if args.command == "reporter-xml":
+        sys.stdout.write(render_server_reporter_xml())
+        return 0
     try:
         server = LocalServer(ServerOptions.from_environment())
         if args.command == "start":

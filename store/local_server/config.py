@@ -42,6 +42,7 @@ __all__ = [
     "agency_user_xml",
     "password_sha256",
     "render_config_xml",
+    "render_server_reporter_xml",
     "render_users_xml",
 ]
 
@@ -210,14 +211,54 @@ def render_users_xml(
             <quota>default</quota>
             <access_management>0</access_management>
         </default>
+{_reporter_user(_password_element(reporter_password_sha256), reader_networks)}
+    </users>
+</clickhouse>
+"""
+
+
+def _reporter_user(password: str, networks: tuple[str, ...]) -> str:
+    return f"""\
         <reporter>
-            {_password_element(reporter_password_sha256)}
-            <networks>{_networks(reader_networks)}</networks>
+            {password}
+            <networks>{_networks(networks)}</networks>
             <profile>readonly</profile>
             <quota>default</quota>
             <grants>{_grants(REPORTER_READS)}
             </grants>
-        </reporter>
+        </reporter>"""
+
+
+def render_server_reporter_xml() -> str:
+    """The reporter for a ClickHouse server's users.d (docker-compose.yml mounts it):
+    its password comes from the server's CLICKHOUSE_REPORTER_PASSWORD environment, and
+    any network may reach it (the port is published on the host's loopback only)."""
+    return f"""\
+<clickhouse>
+    <!-- The read-only reporter, the profile and quota agency users use, as on the local
+         server (store/local_server/config.py). Agency users go beside this file:
+         metering access agency-user (users-dir). Regenerate this one with:
+         python -m store.local_server reporter-xml -->
+    <profiles>
+        <readonly>
+            <readonly>1</readonly>
+            <max_execution_time>300</max_execution_time>
+            <max_memory_usage>10000000000</max_memory_usage>
+        </readonly>
+    </profiles>
+    <quotas>
+        <agency>
+            <interval>
+                <duration>3600</duration>
+                <queries>1000</queries>
+                <result_rows>100000000</result_rows>
+                <read_rows>10000000000</read_rows>
+                <execution_time>3600</execution_time>
+            </interval>
+        </agency>
+    </quotas>
+    <users>
+{_reporter_user('<password from_env="CLICKHOUSE_REPORTER_PASSWORD"/>', ("::/0",))}
     </users>
 </clickhouse>
 """

@@ -82,3 +82,17 @@ def test_the_worker_waits_for_healthy_services(services: dict[str, dict[str, Any
     assert isinstance(depends, dict), "depends_on must use the long form with conditions"
     for name in ("kafka", "clickhouse"):
         assert depends[name]["condition"] == "service_healthy"
+
+
+def test_the_server_gets_the_local_servers_reporter(services: dict[str, dict[str, Any]]) -> None:
+    from store.local_server.config import render_server_reporter_xml
+
+    clickhouse = services["clickhouse"]
+    mounts = [str(volume) for volume in clickhouse.get("volumes", [])]
+    source = "./infra/clickhouse/users.d/govmeter-reporter.xml"
+    assert f"{source}:/etc/clickhouse-server/users.d/govmeter-reporter.xml:ro" in mounts
+    committed = (COMPOSE.parent / source).read_text(encoding="utf-8")
+    assert (
+        committed == render_server_reporter_xml()
+    )  # regenerate: python -m store.local_server reporter-xml
+    assert "CLICKHOUSE_REPORTER_PASSWORD" in _environment(clickhouse)
