@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (Python 3.11 + Java 17):
-#   make demo   local Kafka, a simulated day of ChatGPT Gov traffic, the worker until idle,
-#               then the day's headline per tenant (embedded ClickHouse in ./var/clickhouse)
-#   make test   unit and integration tests against real Kafka and chDB
+#   make demo   local Kafka and ClickHouse servers, a simulated day of ChatGPT Gov traffic,
+#               the worker until idle, then the day's headline per tenant
+#   make test   unit and integration tests against real Kafka and ClickHouse servers
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -12,7 +12,8 @@ DEMO_DAY ?= 2026-11-02
 
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(or $(KAFKA_PORT),9092)
 
-.PHONY: setup demo test unit integration lint typecheck bench kafka-start kafka-stop clean
+.PHONY: setup demo test unit integration lint typecheck bench kafka-start kafka-stop \
+	clickhouse-start clickhouse-stop clean
 
 setup: $(STAMP)
 
@@ -28,12 +29,24 @@ kafka-start:
 kafka-stop:
 	infra/kafka/stop
 
-demo: setup kafka-start
+clickhouse-start: setup
+	infra/clickhouse/start
+
+clickhouse-stop:
+	infra/clickhouse/stop
+
+demo: setup kafka-start clickhouse-start
 	mkdir -p var
 	$(BIN)/metering simulate --messages $(DEMO_MESSAGES) --start $(DEMO_DAY) --days 1 --out var/demo-day.jsonl.gz
 	$(BIN)/metering replay var/demo-day.jsonl.gz
 	$(BIN)/metering worker --until-idle 3
 	$(BIN)/metering headline --day $(DEMO_DAY)
+	@echo
+	@echo "Both servers keep running (infra/kafka/stop, infra/clickhouse/stop end them). Try:"
+	@echo "  $(BIN)/metering query 'SELECT * FROM metering.monthly_totals' --format table"
+	@echo "  curl http://127.0.0.1:8123/ --data-binary 'SELECT sum(messages) FROM metering.agency_daily'"
+	@echo "  $(BIN)/metering report adoption --month $(shell echo $(DEMO_DAY) | cut -c1-7)"
+	@echo "  a worker that keeps running while you query: $(BIN)/metering worker"
 
 test: setup
 	$(BIN)/python -m pytest tests
@@ -51,9 +64,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-bench: setup kafka-start
+bench: setup kafka-start clickhouse-start
 	$(BIN)/python -m bench.pipeline
 
 clean:
 	-infra/kafka/stop
+	-infra/clickhouse/stop
 	rm -rf var $(VENV)
