@@ -87,6 +87,7 @@ def already_counted_sql(ids: Sequence[str]) -> str:
             raise ValueError(f"not a canonical event id: {event_id[:40]!r}")
     return _ALREADY_COUNTED.format(ids=",".join(f"'{event_id}'" for event_id in ids))
 
+
 # One INSERT ... SELECT per rollup, folding exactly one committed flush in: the
 # SELECT of each, keyed by the rollup it inserts into (`apply_rollup_sql` adds the
 # INSERT). The ORDER BY and single thread keep the produced block identical on a

@@ -99,7 +99,8 @@ EXPECTED = ROOT / "tests/replay/expected.json"
 
 
 def expected() -> dict[str, Any]:
-    return json.loads(EXPECTED.read_text())
+    golden: dict[str, Any] = json.loads(EXPECTED.read_text())
+    return golden
 
 
 @dataclass

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -162,9 +163,9 @@ def test_no_offset_is_committed_past_what_the_store_holds(run: MeteringRun) -> N
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> dict[str, str]:
+def own_broker(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A broker of this test's own, so restarting it disturbs no other test."""
-    from tests.integration.conftest import _free_port
+    from tests.integration.harness import free_port as _free_port
 
     port, controller = _free_port(), _free_port()
     env = {

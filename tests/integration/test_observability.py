@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from tests.integration.conftest import _free_port
 from tests.integration.harness import CORPUS, MeteringRun, expected
+from tests.integration.harness import free_port as _free_port
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,6 @@ from metering.migrations import (
     rendered_statements,
 )
 from metering.settings import SettingsError, load_settings
-from store import connect
 from schemas.ddl import (
     REPLICA_PATH,
     DDLError,
@@ -41,6 +40,7 @@ from schemas.ddl import (
     replicate_dedup_window,
     replicate_engine,
 )
+from store import connect
 
 GOLDEN = Path(__file__).parent / "golden"
 CLUSTER = "govmeter"
@@ -55,9 +55,11 @@ EXPECTED_OBJECTS = sorted(
         "agency_daily_rollup",
         "agency_monthly",
         "agency_monthly_rollup",
+        "billing_claims",
         "billing_lines",
         "billing_runs",
         "counted_events",
+        "expired_offsets",
         "flush_applied",
         "flush_ledger",
         "model_daily_rollup",

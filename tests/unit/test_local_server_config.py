@@ -66,7 +66,7 @@ def test_no_password_means_an_empty_password_not_a_missing_one() -> None:
         render_users_xml(default_password_sha256=None, reporter_password_sha256=DIGEST)
     )
     assert root.find("users/default/password") is not None
-    assert root.findtext("users/default/password") in (None, "")
+    assert not root.findtext("users/default/password")
 
 
 def test_an_agency_user_filters_every_agency_table_and_reads_nothing_else() -> None:
@@ -85,7 +85,7 @@ def test_an_agency_user_filters_every_agency_table_and_reads_nothing_else() -> N
     }
     grants = [q.text for q in user.findall("grants/query")]
     assert grants == [f"GRANT SELECT ON {name}" for name in AGENCY_FILTERED]
-    assert not any("counted_events" in g or "flush_ledger" in g for g in grants)
+    assert not any("counted_events" in str(g) or "flush_ledger" in str(g) for g in grants)
 
 
 @pytest.mark.parametrize("bad", ["", "Fed", "fed_gsa", "-x", "a'b", "x" * 65])

@@ -16,8 +16,8 @@ import pytest
 
 from metering.migrations import apply_migrations
 from metering.settings import SettingsError, load_settings
-from store import connect
 from schemas.events import UsageEvent
+from store import connect
 from streams.batch import SourceMessage, ValidMessage
 from streams.seen_ids import SeenIdFilter, id_halves, load_from_store
 from streams.sink import counted_events_table
