@@ -136,7 +136,7 @@ def test_every_cluster_statement_is_on_the_cluster_and_every_table_replicated() 
         if statement.startswith("CREATE TABLE"):
             assert "ENGINE = Replicated" in statement, statement
     tables = [s for s in statements if s.startswith("CREATE TABLE")]
-    assert len(tables) == 12  # schema_migrations and the eleven tables of the SQL files
+    assert len(tables) == 14  # schema_migrations and the thirteen tables of the SQL files
     windowed = [s for s in tables if "replicated_deduplication_window = 10000" in s]
     assert [re.search(r"metering\.(\w+)", s)[1] for s in windowed] == [  # type: ignore[index]
         "flush_ledger",
@@ -147,6 +147,7 @@ def test_every_cluster_statement_is_on_the_cluster_and_every_table_replicated() 
         "agency_monthly_rollup",
         "model_monthly_rollup",
         "tenant_daily_rollup",
+        "billing_claims",
     ]
     for statement in windowed:
         assert "replicated_deduplication_window_seconds = 604800" in statement

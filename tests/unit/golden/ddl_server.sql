@@ -299,3 +299,29 @@ SELECT
     sum(tokens_out)        AS tokens_out
 FROM metering.agency_monthly_rollup
 GROUP BY month, tenant;
+
+-- schemas/sql/0007_claims_and_expired_offsets.sql (sha256 68f6dc54040bd6a1d622ef6c879164cef43f88b02eb20f100b914fef597a165d)
+CREATE TABLE IF NOT EXISTS metering.billing_claims
+(
+    period      String,
+    version     UInt32,
+    attempt     UInt32,
+    claim_id    String,
+    claimed_by  String,
+    claimed_at  DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = MergeTree
+ORDER BY (period, version, attempt)
+SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE TABLE IF NOT EXISTS metering.expired_offsets
+(
+    topic          LowCardinality(String),
+    partition      UInt32,
+    first_missing  UInt64,
+    resume_at      UInt64,
+    detected_at    DateTime64(3, 'UTC'),
+    worker         String
+)
+ENGINE = MergeTree
+ORDER BY (topic, partition, first_missing);
