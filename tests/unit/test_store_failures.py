@@ -74,7 +74,7 @@ class _ClickHouseLike(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def clickhouse_answering() -> Iterator[Callable[[int, str | None, str], Exception]]:
     """`raised(status, code, body)`: the exception clickhouse-connect raises for that answer."""
-    handler = type("Handler", (_ClickHouseLike,), {})
+    handler: type[_ClickHouseLike] = type("Handler", (_ClickHouseLike,), {})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -292,7 +292,8 @@ def test_an_insert_naming_a_column_the_table_lacks_is_a_schema_mismatch(engine: 
 
 def test_programming_errors_are_fatal_and_called_a_bug() -> None:
     errors: list[BaseException] = []
-    for broken in (lambda: cast(Any, None) + 1, lambda: {}["flush_seq"], lambda: int("x")):
+    empty: dict[str, int] = {}
+    for broken in (lambda: cast(Any, None) + 1, lambda: empty["flush_seq"], lambda: int("x")):
         try:
             broken()
         except Exception as error:
@@ -632,6 +633,10 @@ def test_metrics_text_lists_failures_by_cause_packages_and_expired_offsets() -> 
     assert summary["offsets_expired"] == {"usage.events[2]": 35}
 
 
+def _constant(state: dict[str, object]) -> Callable[[], dict[str, object]]:
+    return lambda: state
+
+
 def test_healthz_is_503_when_dead_letters_fail_too_long() -> None:
     import json
     import urllib.error
@@ -639,7 +644,7 @@ def test_healthz_is_503_when_dead_letters_fail_too_long() -> None:
 
     from metering.health import start_health_server
 
-    states = [
+    states: list[dict[str, object]] = [
         {"store_failing_seconds": 0.0, "dead_letter_failing_seconds": 59.0},
         {"store_failing_seconds": 0.0, "dead_letter_failing_seconds": 61.0},
         {"store_failing_seconds": 61.0, "dead_letter_failing_seconds": 61.0},
@@ -657,7 +662,7 @@ def test_healthz_is_503_when_dead_letters_fail_too_long() -> None:
         answers = []
         for state in states:
             runner = await start_health_server(
-                "127.0.0.1", 0, Metrics(), lambda s=state: s, unhealthy_after_seconds=60
+                "127.0.0.1", 0, Metrics(), _constant(state), unhealthy_after_seconds=60
             )
             try:
                 host, port = runner.addresses[0][:2]
