@@ -3,6 +3,10 @@
 One place turns the validated settings into the keyword arguments of kafka-python
 (producers, admin, the idle probe), aiokafka (the batch intake) and faust (the app's
 own producer and consumer), so every client connects the same way.
+
+Every consumer reads with `CONSUMER_ISOLATION` (`read_committed`): a message of an
+aborted transaction was never sent, so no consumer may receive it, and the end of a
+partition for the idle check is its last stable offset, not the high watermark.
 """
 
 from __future__ import annotations
@@ -12,7 +16,15 @@ from typing import Any
 
 from metering.settings import Settings
 
-__all__ = ["aiokafka_options", "bootstrap_servers", "faust_options", "kafka_python_options"]
+__all__ = [
+    "CONSUMER_ISOLATION",
+    "aiokafka_options",
+    "bootstrap_servers",
+    "faust_options",
+    "kafka_python_options",
+]
+
+CONSUMER_ISOLATION = "read_committed"
 
 
 def bootstrap_servers(settings: Settings) -> list[str]:

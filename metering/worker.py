@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from kafka.structs import TopicPartition
 
 from metering.config_check import ephemeral_store_problem
 from metering.health import WorkerHealth, start_health_server
-from metering.kafka_config import kafka_python_options
+from metering.kafka_config import CONSUMER_ISOLATION, kafka_python_options
 from metering.migrations import apply_migrations
 from metering.retention import apply_retention
 from metering.settings import Settings, SettingsError
@@ -39,7 +39,7 @@ from streams.app import (
     build_app,
 )
 from streams.faults import FaultPlan
-from streams.intake import BatchIntake
+from streams.intake import BatchIntake, CommittedReadProbe
 from streams.metrics import Metrics
 from streams.pipeline import MeteringPipeline
 from streams.positions import Positions
@@ -96,6 +96,8 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     # With the batch intake the faust app does not consume the source topic; it gets a
     # group of its own (faust's assignor protocol differs from a plain consumer's).
     app = build_app(settings, group=group if intake is None else f"{group}-app")
+    # Confirms gaps the pipeline cannot judge from positions (see streams.pipeline).
+    gap_probe = CommittedReadProbe(settings)
 
     async def seek(topic: str, partition: int, offset: int) -> None:
         if intake is not None:
@@ -163,7 +165,12 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         positions = Positions(state.resume_offsets)
         if role == "all":
             pipeline = MeteringPipeline(
-                sink, positions, metrics, seek=seek, earliest_offset=earliest_offset
+                sink,
+                positions,
+                metrics,
+                seek=seek,
+                earliest_offset=earliest_offset,
+                first_readable=gap_probe.first_readable,
             )
         else:
             pipeline = StoreOwnerPipeline(
@@ -220,6 +227,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         await health_server.cleanup()
     if isinstance(pipeline, MeteringPipeline):
         pipeline.close()
+    await gap_probe.close()
     if sink is not None:
         sink.close()
     if client is not None:
@@ -270,22 +278,39 @@ async def _start_health(
 
 
 class _OffsetProbe:
-    """Broker offsets for the idle check; survives broker restarts by reconnecting."""
+    """Broker offsets for the idle check; survives broker restarts by reconnecting.
+
+    It reads like the intake (`read_committed`): a partition's end is its last stable
+    offset, and a partition is behind only while a committed record lies between what
+    was handled and that end. Transaction markers and aborted records occupy offsets
+    that no reader receives, so they cannot keep the worker from being idle (with the
+    agent intake the ledger ends at the last record, before any trailing marker).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._options = kafka_python_options(settings)
         self._consumer: KafkaConsumer | None = None
         self._admin: KafkaAdminClient | None = None
 
-    def ends(self, topic: str) -> dict[int, tuple[int, int]]:
+    def behind(self, topic: str, handled: Mapping[int, int]) -> dict[int, tuple[int, int]]:
+        """(handled, end) of each partition with a committed record left to handle;
+        a partition missing from `handled` has handled nothing."""
         if self._consumer is None:
             self._consumer = KafkaConsumer(
                 **self._options,
                 enable_auto_commit=False,
+                isolation_level=CONSUMER_ISOLATION,
                 client_id="govmeter-idle-probe",
                 request_timeout_ms=10_000,
             )
-        return _end_offsets(self._consumer, topic)
+        left: dict[int, tuple[int, int]] = {}
+        for partition, (earliest, end) in _end_offsets(self._consumer, topic).items():
+            start = max(handled.get(partition, earliest), earliest)
+            if start < end and _has_records(
+                self._consumer, TopicPartition(topic, partition), start, end
+            ):
+                left[partition] = (start, end)
+        return left
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         if self._admin is None:
@@ -306,7 +331,7 @@ class _OffsetProbe:
         self._admin = None
 
 
-async def _probe(probe: _OffsetProbe, call: Any, *args: str) -> Any:
+async def _probe(probe: _OffsetProbe, call: Any, *args: Any) -> Any:
     """Run a blocking probe call with a deadline; None (and a fresh probe) on failure."""
     loop = asyncio.get_running_loop()
     try:
@@ -330,15 +355,13 @@ async def _stop_processor_when_idle(
             await asyncio.sleep(min(0.5, idle_seconds / 2 or 0.1))
             if pipeline.busy or time.monotonic() - pipeline.last_activity < idle_seconds:
                 continue
-            ends = await _probe(probe, probe.ends, settings.events_topic)
             offsets = await _probe(
                 probe, probe.committed, settings.consumer_group, settings.events_topic
             )
-            if ends is None or offsets is None:
+            if offsets is None:
                 continue
-            if all(
-                end <= earliest or offsets.get(p, -1) >= end for p, (earliest, end) in ends.items()
-            ):
+            behind = await _probe(probe, probe.behind, settings.events_topic, offsets)
+            if behind == {}:
                 log.info("idle and fully relayed; stopping", extra={"idle_seconds": idle_seconds})
                 stop.set()
                 return
@@ -361,21 +384,15 @@ async def _stop_when_idle(
             quiet_for = time.monotonic() - pipeline.last_activity
             if pipeline.busy or quiet_for < idle_seconds:
                 continue
-            ends = await _probe(probe, probe.ends, settings.events_topic)
-            if ends is None:
-                continue
             ledger = await sink.run_on_store(
                 lambda: {
-                    (str(t), int(p)): int(n)
+                    int(p): int(n)
                     for t, p, n in sink.client.query(ledger_sql.RESUME_POSITIONS).result_rows
+                    if str(t) == settings.events_topic
                 }
             )
-            behind = {
-                partition: (ledger.get((settings.events_topic, partition)), end)
-                for partition, (earliest, end) in ends.items()
-                if end > earliest and ledger.get((settings.events_topic, partition), earliest) < end
-            }
-            if not behind and not pipeline.busy:
+            behind = await _probe(probe, probe.behind, settings.events_topic, ledger)
+            if behind == {} and not pipeline.busy:
                 log.info("idle and fully flushed; stopping", extra={"idle_seconds": idle_seconds})
                 stop.set()
                 return
@@ -391,3 +408,16 @@ def _end_offsets(probe: KafkaConsumer, topic: str) -> dict[int, tuple[int, int]]
     earliest = probe.beginning_offsets(tps)
     latest = probe.end_offsets(tps)
     return {tp.partition: (int(earliest[tp]), int(latest[tp])) for tp in tps}
+
+
+def _has_records(probe: KafkaConsumer, tp: TopicPartition, start: int, end: int) -> bool:
+    """Does a read_committed read from `start` return a record before `end`?"""
+    probe.assign([tp])
+    probe.seek(tp, start)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for records in probe.poll(timeout_ms=500, max_records=1).values():
+            return any(record.offset < end for record in records)
+        if probe.position(tp) >= end:
+            return False
+    raise TimeoutError(f"{tp.topic}[{tp.partition}]: no answer reading from offset {start}")

@@ -3,6 +3,12 @@
 The agent is wiring only: take a batch of events, hand it to the pipeline, and let
 faust acknowledge them after the pipeline returned (so Kafka's committed offsets
 never pass what the ledger holds).
+
+Faust's consumer reads `read_committed` like every other consumer of the project.
+Faust itself sets that isolation only with its exactly-once processing guarantee,
+which would also make its producer transactional; so the app gets a transport whose
+consumer thread builds faust's usual aiokafka consumer and sets the isolation on it
+before it starts (aiokafka reads it when it creates its fetcher, at start).
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from metering.kafka_config import faust_options
+from metering.kafka_config import CONSUMER_ISOLATION, faust_options
 from metering.settings import Settings
 from streams.batch import SourceMessage
 from streams.dead_letter import DeadLetter
@@ -66,7 +73,36 @@ def build_app(settings: Settings, group: str | None = None) -> faust.App:
         logging_config=None,
         loghandlers=[],
     )
+    app.transport = _ReadCommittedTransport(app.conf.broker_consumer, app)
     return app
+
+
+def _read_committed(consumer: Any) -> Any:
+    """Set the consumer's isolation before it starts; refuse a client that changed."""
+    if getattr(consumer, "_isolation_level", None) not in ("read_uncommitted", "read_committed"):
+        raise RuntimeError(
+            "this aiokafka consumer keeps its isolation level elsewhere; "
+            "faust's consumer cannot be made to read committed records only"
+        )
+    consumer._isolation_level = CONSUMER_ISOLATION
+    return consumer
+
+
+class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        return _read_committed(super()._create_worker_consumer(transport))
+
+    def _create_client_consumer(self, transport: Any) -> Any:
+        return _read_committed(super()._create_client_consumer(transport))
+
+
+class _ReadCommittedConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _ReadCommittedConsumerThread:
+        return _ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _ReadCommittedTransport(faust_aiokafka.Transport):
+    Consumer = _ReadCommittedConsumer
 
 
 class BatchHandler(Protocol):

@@ -3,6 +3,14 @@
 Each message is classified once; valid events are deduplicated within the batch
 (first occurrence in offset order wins); each topic-partition's offset range is kept
 as lineage for the flush ledger.
+
+A range is the part of the partition the flush accounts for, not just the offsets of
+its messages: from the partition's previous resume point to its new one minus one
+(`Extents`, given by admission, see `streams.positions`). Offsets in it that held no
+message for this reader (transaction markers, aborted records, compacted holes) are
+`last_offset - first_offset + 1 - messages`; a range may hold no message at all (a
+read that moved only past markers). Without extents (the store owner's relayed
+packages) a range spans the first and last message offsets, as before.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ from schemas.events import UsageEvent
 from schemas.rejections import Rejection, classify
 
 __all__ = [
+    "BatchError",
     "ClassifiedBatch",
+    "Extents",
     "PartitionRange",
     "RejectedMessage",
     "SourceMessage",
@@ -22,6 +32,14 @@ __all__ = [
     "assemble_batch",
     "classify_batch",
 ]
+
+
+# (topic, partition) -> (first_offset, last_offset) a flush accounts for.
+Extents = dict[tuple[str, int], tuple[int, int]]
+
+
+class BatchError(ValueError):
+    """A message outside the range its flush accounts for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,31 +96,57 @@ class ClassifiedBatch:
     def messages(self) -> int:
         return sum(r.messages for r in self.ranges.values())
 
+    @property
+    def skipped_offsets(self) -> int:
+        """Offsets inside the ranges that held no message for this reader."""
+        return sum(r.last_offset - r.first_offset + 1 - r.messages for r in self.ranges.values())
+
     def range_of(self, source: SourceMessage) -> PartitionRange:
         return self.ranges[(source.topic, source.partition)]
 
 
-def classify_batch(messages: Iterable[SourceMessage]) -> ClassifiedBatch:
+def classify_batch(
+    messages: Iterable[SourceMessage], extents: Extents | None = None
+) -> ClassifiedBatch:
     """Classify every message, drop repeats of an event_id within the batch."""
     ordered = sorted(messages, key=lambda m: (m.topic, m.partition, m.offset))
-    return assemble_batch((message, classify(message.value)) for message in ordered)
+    return assemble_batch(((message, classify(message.value)) for message in ordered), extents)
 
 
 def assemble_batch(
     outcomes: Iterable[tuple[SourceMessage, UsageEvent | Rejection]],
+    extents: Extents | None = None,
 ) -> ClassifiedBatch:
-    """Build a flush from classified messages given in (topic, partition, offset) order."""
+    """Build a flush from classified messages given in (topic, partition, offset) order.
+
+    With `extents`, every partition of it gets its range, with or without messages,
+    and every message must lie inside its partition's extent.
+    """
     batch = ClassifiedBatch()
+    bounded = dict(extents or {})
+    for (topic, partition), (first, last) in bounded.items():
+        if last < first:
+            raise BatchError(f"{topic}[{partition}]: empty extent {first}..{last}")
+        batch.ranges[(topic, partition)] = PartitionRange(topic, partition, first, last)
     seen_ids: set[str] = set()
     for message, outcome in outcomes:
         key = (message.topic, message.partition)
-        partition_range = batch.ranges.get(key)
-        if partition_range is None:
+        extent = bounded.get(key)
+        if extent is not None:
+            if not extent[0] <= message.offset <= extent[1]:
+                raise BatchError(
+                    f"{message.topic}[{message.partition}]: offset {message.offset} outside "
+                    f"the flush's range {extent[0]}..{extent[1]}"
+                )
+            partition_range = batch.ranges[key]
+        elif key in batch.ranges:
+            partition_range = batch.ranges[key]
+            partition_range.last_offset = message.offset
+        else:
             partition_range = PartitionRange(
                 message.topic, message.partition, message.offset, message.offset
             )
             batch.ranges[key] = partition_range
-        partition_range.last_offset = message.offset
         partition_range.messages += 1
         if isinstance(outcome, Rejection):
             batch.rejected.append(RejectedMessage(message, outcome))

@@ -11,6 +11,21 @@ A handler that can `prepare` a batch apart from flushing it (`StagedHandler`, th
 metering pipeline) is driven two batches deep: batch N+1 is read and classified
 while batch N is being flushed. Flushes still run one at a time, in order, and a
 batch's offsets are committed only after its own flush.
+
+The consumer reads committed records only (`read_committed`), so transaction markers
+and aborted records occupy offsets it never receives. For every partition the intake
+hands the pipeline a `Span` with the batch: the consumer's position before the read
+and after it. The start is known only when the intake itself put the consumer there
+(the seek of an assignment, a seek back) or a previous read of this intake left it
+there; aiokafka returns a partition's records contiguously from its position, so
+offsets in a span that came back without a record were skipped by the broker, and
+the pipeline accepts them. A partition whose start is not known (records that
+arrived while an assignment was still being positioned) goes without a span and is
+judged record by record. Reads across a rebalance are dropped: after an assignment
+every partition starts again where the store says.
+
+The offsets committed to Kafka after a flush are the ends of its ledger ranges (the
+consumer's positions, past any trailing marker), never more than the ledger holds.
 """
 
 from __future__ import annotations
@@ -18,31 +33,60 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
-from metering.kafka_config import aiokafka_options
+from metering.kafka_config import CONSUMER_ISOLATION, aiokafka_options
 from metering.settings import Settings
 from streams.app import BatchHandler
 from streams.batch import ClassifiedBatch, SourceMessage
+from streams.positions import Span
 
-__all__ = ["BatchIntake", "StagedHandler"]
+__all__ = ["BatchIntake", "CommittedReadProbe", "StagedHandler"]
 
 Records = dict[TopicPartition, list[Any]]  # aiokafka ConsumerRecords
+Offsets = dict[TopicPartition, int]
 
 
 @runtime_checkable
 class StagedHandler(Protocol):
-    async def prepare(self, messages: Sequence[SourceMessage]) -> ClassifiedBatch | None: ...
+    async def prepare(
+        self,
+        messages: Sequence[SourceMessage],
+        spans: Mapping[tuple[str, int], Span] | None = None,
+    ) -> ClassifiedBatch | None: ...
 
     async def flush(self, batch: ClassifiedBatch) -> object: ...
 
 
 log = logging.getLogger("govmeter.intake")
+
+
+@dataclass
+class _Read:
+    """One batch as read: its records, each partition's span, and every assigned
+    partition's position after the read."""
+
+    records: Records = field(default_factory=dict)
+    spans: dict[tuple[str, int], Span] = field(default_factory=dict)
+    ends: Offsets = field(default_factory=dict)
+
+    @property
+    def messages(self) -> list[SourceMessage]:
+        return [
+            SourceMessage(r.topic, r.partition, r.offset, r.key, r.value or b"")
+            for partition_records in self.records.values()
+            for r in partition_records
+        ]
+
+    @property
+    def moved(self) -> bool:
+        return any(span.end > span.start for span in self.spans.values())
 
 
 class BatchIntake:
@@ -51,36 +95,49 @@ class BatchIntake:
         self._topic = topic
         self._group = group
         self.handler: BatchHandler | None = None
-        self._next: dict[TopicPartition, int] = {}
+        self._next: Offsets = {}  # committed to Kafka by this intake
         self._consumer: AIOKafkaConsumer | None = None
+        # Where the consumer stands in each partition, as far as this intake put it
+        # there or read it up to; a partition missing here has no known position.
+        self._at: Offsets = {}
+        self._assignments = 0  # bumped by every (re)assignment and revocation
         # Where the store says each assigned partition resumes (None: nothing of it was
         # counted, so from the beginning); unset, the group's committed offsets apply.
         self.resume_offset: Callable[[str, int], int | None] | None = None
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
-        assert self._consumer is not None
-        self._consumer.seek(TopicPartition(topic, partition), offset)
+        consumer = self._require_consumer()
+        tp = TopicPartition(topic, partition)
+        consumer.seek(tp, offset)
+        self._at[tp] = offset
 
     async def earliest_offset(self, topic: str, partition: int) -> int:
-        assert self._consumer is not None
+        consumer = self._require_consumer()
         tp = TopicPartition(topic, partition)
-        offsets = await self._consumer.beginning_offsets([tp])
+        offsets = await consumer.beginning_offsets([tp])
         return int(offsets.get(tp, 0))
 
+    def _require_consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("the intake is not running")
+        return self._consumer
+
     async def lag(self) -> dict[tuple[str, int], int]:
-        """Messages on the broker not yet handled, per assigned partition."""
+        """Committed messages on the broker not yet handled, per assigned partition."""
         consumer = self._consumer
         if consumer is None:
             return {}
         lags: dict[tuple[str, int], int] = {}
         for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is None:
+            end = consumer.last_stable_offset(tp)
+            if end is None:
+                end = consumer.highwater(tp)
+            if end is None:
                 continue
             handled = self._next.get(tp)
             if handled is None:
                 handled = await consumer.position(tp)
-            lags[(tp.topic, tp.partition)] = max(0, int(highwater) - int(handled))
+            lags[(tp.topic, tp.partition)] = max(0, int(end) - int(handled))
         return lags
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -92,6 +149,7 @@ class BatchIntake:
             client_id=f"{self._group}-intake",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level=CONSUMER_ISOLATION,
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(1000, session_ms // 4),
             max_poll_interval_ms=600_000,
@@ -101,64 +159,106 @@ class BatchIntake:
         self._consumer = consumer
         await consumer.start()
         consumer.subscribe([self._topic], listener=_ResumeFromStore(self))
-        in_flight: tuple[asyncio.Task[object] | None, Records] | None = None
+        in_flight: tuple[asyncio.Task[object] | None, Offsets] | None = None
         try:
             while not stop.is_set():
-                records = await self._read_batch(consumer)
-                messages = [
-                    SourceMessage(r.topic, r.partition, r.offset, r.key, r.value or b"")
-                    for partition_records in records.values()
-                    for r in partition_records
-                ]
+                read = await self._read_batch(consumer)
+                messages = read.messages
                 if not isinstance(self.handler, StagedHandler):
                     if messages:
                         await self._handle(messages)
-                        await self._commit(records)
+                    await self._commit(self._moved_ends(read))
                     continue
-                if not messages:
+                if not messages and not read.moved:
                     await self._finish(in_flight)
                     in_flight = None
                     continue
-                batch = await self._prepare(self.handler, messages)
+                batch = await self._prepare(self.handler, messages, read.spans)
                 await self._finish(in_flight)
                 in_flight = None
                 if stop.is_set():
                     break  # not flushed, not committed: read again after a restart
                 flushing = None
+                offsets: Offsets = {}
                 if batch is not None:
                     flushing = asyncio.ensure_future(self._flush(self.handler, batch))
-                in_flight = (flushing, records)
+                    offsets = {
+                        TopicPartition(r.topic, r.partition): r.last_offset + 1
+                        for r in batch.ranges.values()
+                    }
+                in_flight = (flushing, offsets)
             await self._finish(in_flight)
         finally:
             await consumer.stop()
             self._consumer = None
 
-    async def _read_batch(self, consumer: AIOKafkaConsumer) -> Records:
+    async def _read_batch(self, consumer: AIOKafkaConsumer) -> _Read:
         """Up to a batch of records: what arrives within METERING_BATCH_MAX_SECONDS, then
         more for METERING_BATCH_MIN_SECONDS unless the batch is full. At a low rate that
         makes a few larger flushes instead of one per arrival (each flush is about ten
-        statements and a part per table)."""
+        statements and a part per table).
+
+        The span of a partition runs from where this intake knew the consumer stood
+        when the batch began to its position after the last read; records read before
+        an assignment changed are dropped (the new assignment repositions everything).
+        """
         settings = self._settings
         wanted = settings.batch_max_events
-        records: Records = await consumer.getmany(
-            timeout_ms=int(settings.batch_max_seconds * 1000), max_records=wanted
-        )
-        got = sum(len(batch) for batch in records.values())
-        if not got or settings.batch_min_seconds <= 0:
-            return records
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.batch_min_seconds
-        while got < wanted:
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            more = await consumer.getmany(
-                timeout_ms=max(1, int(left * 1000)), max_records=wanted - got
-            )
+        assignments = self._assignments
+        starts = dict(self._at)
+        read = _Read()
+        got = 0
+        deadline: float | None = None
+        while True:
+            if deadline is None:
+                timeout_ms = int(settings.batch_max_seconds * 1000)
+            else:
+                timeout_ms = max(1, int((deadline - loop.time()) * 1000))
+            more: Records = await consumer.getmany(timeout_ms=timeout_ms, max_records=wanted - got)
+            if self._assignments != assignments:
+                assignments = self._assignments
+                starts = dict(self._at)  # where the assignment put each partition
+                read = _Read()
+                got = 0
             for tp, batch in more.items():
-                records.setdefault(tp, []).extend(batch)
+                read.records.setdefault(tp, []).extend(batch)
                 got += len(batch)
-        return records
+            read.ends = await self._positions(consumer)
+            for tp, end in read.ends.items():
+                if tp in self._at:
+                    self._at[tp] = end
+            if deadline is None:
+                if not got or settings.batch_min_seconds <= 0:
+                    break
+                deadline = loop.time() + settings.batch_min_seconds
+            if got >= wanted or deadline - loop.time() <= 0:
+                break
+        read.spans = {
+            (tp.topic, tp.partition): Span(start, read.ends[tp])
+            for tp, start in starts.items()
+            if tp in read.ends and tp in self._at
+        }
+        return read
+
+    @staticmethod
+    async def _positions(consumer: AIOKafkaConsumer) -> Offsets:
+        """The position (next offset to fetch) of every assigned partition that has one."""
+        positions: Offsets = {}
+        for tp in consumer.assignment():
+            try:
+                positions[tp] = int(await asyncio.wait_for(consumer.position(tp), timeout=1.0))
+            except (TimeoutError, IllegalStateError):
+                continue  # not positioned yet, or no longer assigned
+        return positions
+
+    def _moved_ends(self, read: _Read) -> Offsets:
+        """Positions that moved since the last commit (for handlers without ledger ranges)."""
+        ends = dict(read.ends)
+        for tp, batch in read.records.items():
+            if batch and tp not in ends:
+                ends[tp] = batch[-1].offset + 1
+        return {tp: end for tp, end in ends.items() if end > self._next.get(tp, -1)}
 
     async def seek_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Move each newly assigned partition to where the store resumes it."""
@@ -180,6 +280,7 @@ class BatchIntake:
                 # Only when the group would start elsewhere: a seek during the
                 # assignment can make the consumer fetch its first records twice.
                 consumer.seek(tp, offset)
+            self._at[tp] = offset
             log.info(
                 "partition assigned",
                 extra={
@@ -190,11 +291,23 @@ class BatchIntake:
                 },
             )
 
+    def revoked(self) -> None:
+        """Partitions were taken away: no position is known any more."""
+        self._at.clear()
+        self._assignments += 1
+
+    def assigned(self) -> None:
+        """Partitions were (re)assigned and positioned: what was read before is stale."""
+        self._assignments += 1
+
     async def _prepare(
-        self, handler: StagedHandler, messages: Sequence[SourceMessage]
+        self,
+        handler: StagedHandler,
+        messages: Sequence[SourceMessage],
+        spans: Mapping[tuple[str, int], Span],
     ) -> ClassifiedBatch | None:
         try:
-            return await handler.prepare(messages)
+            return await handler.prepare(messages, spans)
         except Exception as error:
             self._fail(error)
 
@@ -204,17 +317,18 @@ class BatchIntake:
         except Exception as error:
             self._fail(error)
 
-    async def _finish(self, in_flight: tuple[asyncio.Task[object] | None, Records] | None) -> None:
+    async def _finish(self, in_flight: tuple[asyncio.Task[object] | None, Offsets] | None) -> None:
         """Wait for the batch in flight to be flushed, then commit its offsets."""
         if in_flight is None:
             return
-        flushing, records = in_flight
+        flushing, offsets = in_flight
         if flushing is not None:
             await flushing
-        await self._commit(records)
+        await self._commit(offsets)
 
     async def _handle(self, messages: Sequence[SourceMessage]) -> None:
-        assert self.handler is not None, "set BatchIntake.handler before run()"
+        if self.handler is None:
+            raise RuntimeError("set BatchIntake.handler before run()")
         try:
             await self.handler.handle(messages)
         except Exception as error:
@@ -230,12 +344,13 @@ class BatchIntake:
         logging.shutdown()
         os._exit(70)
 
-    async def _commit(self, records: Records) -> None:
-        assert self._consumer is not None
-        offsets = {tp: batch[-1].offset + 1 for tp, batch in records.items() if batch}
+    async def _commit(self, offsets: Offsets) -> None:
+        if not offsets:
+            return
+        consumer = self._require_consumer()
         self._next.update(offsets)
         try:
-            await self._consumer.commit(offsets)
+            await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as error:
             # Kafka's offsets are a hint: the ledger already holds this batch.
             log.warning(
@@ -251,7 +366,77 @@ class _ResumeFromStore(ConsumerRebalanceListener):  # type: ignore[misc]
         self._intake = intake
 
     async def on_partitions_revoked(self, revoked: object) -> None:
-        return None
+        self._intake.revoked()
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         await self._intake.seek_assigned(list(assigned))
+        self._intake.assigned()
+
+
+class CommittedReadProbe:
+    """Which record a `read_committed` reader gets first from an offset, asked of the broker.
+
+    Where no span is known (the agent intake; records that arrived while an assignment
+    was being positioned), a jump at the first record of a partition, from the resume
+    point E to a record R > E, is confirmed here: a reader of its own (no group) seeks
+    to E and reads one record. If that record is R, the offsets in between hold nothing
+    a committed reader receives (markers, aborted records, compacted holes). Started on
+    first use: a topic without such jumps never opens it.
+    """
+
+    def __init__(self, settings: Settings, timeout_seconds: float = 30.0) -> None:
+        self._settings = settings
+        self._timeout = timeout_seconds
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def first_readable(
+        self, topic: str, partition: int, start: int, up_to: int
+    ) -> int | None:
+        """The offset of the first committed record at or after `start`; an offset past
+        `up_to` if the reader passed it without one; None if the broker did not tell."""
+        async with self._lock:
+            try:
+                return await self._first_readable(TopicPartition(topic, partition), start, up_to)
+            except KafkaError as error:
+                log.warning(
+                    "could not ask the broker about a gap; reading it again",
+                    extra={"topic": topic, "partition": partition, "error": type(error).__name__},
+                )
+                await self.close()
+                return None
+
+    async def _first_readable(self, tp: TopicPartition, start: int, up_to: int) -> int | None:
+        consumer = await self._started()
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while loop.time() < deadline:
+            records = await consumer.getmany(tp, timeout_ms=500, max_records=1)
+            batch = records.get(tp)
+            if batch:
+                return int(batch[0].offset)
+            position = int(await consumer.position(tp))
+            if position > up_to:
+                return position
+        return None
+
+    async def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                **aiokafka_options(self._settings),
+                group_id=None,
+                client_id="govmeter-gap-probe",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level=CONSUMER_ISOLATION,
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()

@@ -1,11 +1,33 @@
 """What the worker does with each batch of Kafka messages: admit, classify, flush.
 
 Admission compares every message with the ledger's resume position of its
-partition: already counted messages are skipped, a jump past uncounted offsets
-makes the consumer seek back. A partition the ledger has never seen resumes at the
-broker's earliest offset: the store, not the consumer group, says what was counted.
-Then the batch is classified and flushed; the caller acknowledges the messages only
-after the flush returns.
+partition: already counted messages are skipped, a read that started beyond the
+resume point makes the consumer seek back. A partition the ledger has never seen
+resumes at the broker's earliest offset: the store, not the consumer group, says what
+was counted. Then the batch is classified and flushed; the caller acknowledges the
+messages only after the flush returns.
+
+Gaps the broker leaves on purpose (transaction markers, aborted transactions, with
+the `read_committed` isolation every consumer uses; holes of a compacted topic) are
+accepted, and the flush's ledger range covers them, so the ranges of a partition
+tile its offsets (see `streams.positions` for the rule). How a gap is judged depends
+on what the intake knows:
+
+  - the batch intake gives a `Span` per partition: where the consumer stood before
+    the read (a position the intake set, or where its previous read ended) and after
+    it. A read that started at or before the resume point accounts for everything
+    up to its end; one that started beyond it skipped messages: seek back. A read
+    may move a partition without a single record (only markers): the batch is then
+    flushed with no message, so the ledger reaches the end of the partition.
+  - the agent intake gives records only. A jump between two records delivered one
+    after the other in the batch is inside one read; a jump at a partition's first
+    record is confirmed with the broker (`first_readable`: which record a
+    read_committed reader gets first from the resume point). Confirmed: accepted;
+    an earlier record exists: seek back; unanswered: seek back and judge again.
+
+Before a leading jump is accepted, the broker's earliest offset is checked: offsets
+deleted by retention before they were counted are logged as an error and the range
+starts after them, so the loss stays visible in the ledger as a hole.
 
 `prepare` (admit and classify) and `flush` are separate so that the batch intake can
 classify batch N+1 on one thread while batch N is flushed on the store thread: the
@@ -19,20 +41,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from streams.batch import ClassifiedBatch, SourceMessage, classify_batch
+from streams.batch import ClassifiedBatch, Extents, SourceMessage, classify_batch
 from streams.metrics import Metrics
-from streams.positions import Admission, Positions
+from streams.positions import Admission, PositionError, Positions, Span, gap_inside_delivery
 from streams.sink import ClickHouseSink, FlushResult
 
-__all__ = ["MeteringPipeline"]
+__all__ = ["MeteringPipeline", "Spans"]
 
 log = logging.getLogger("govmeter.pipeline")
 
 Seek = Callable[[str, int, int], Awaitable[None]]
 EarliestOffset = Callable[[str, int], Awaitable[int]]
+# (topic, partition, from_offset, up_to) -> offset of the first record a read_committed
+# reader gets from `from_offset` (past `up_to`: none up to there); None: no answer.
+FirstReadable = Callable[[str, int, int, int], Awaitable[int | None]]
+Spans = Mapping[tuple[str, int], Span]
+TP = tuple[str, int]
 
 
 class MeteringPipeline:
@@ -44,12 +71,14 @@ class MeteringPipeline:
         *,
         seek: Seek,
         earliest_offset: EarliestOffset,
+        first_readable: FirstReadable | None = None,
     ) -> None:
         self.sink = sink
         self.positions = positions
         self.metrics = metrics
         self._seek = seek
         self._earliest_offset = earliest_offset
+        self._first_readable = first_readable
         self.last_activity = time.monotonic()
         self._working = 0
         self._classifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")
@@ -65,17 +94,23 @@ class MeteringPipeline:
         batch = await self.prepare(messages)
         return None if batch is None else await self.flush(batch)
 
-    async def prepare(self, messages: Sequence[SourceMessage]) -> ClassifiedBatch | None:
-        """Admit and classify a batch (off the event loop); None when nothing is new."""
+    async def prepare(
+        self, messages: Sequence[SourceMessage], spans: Spans | None = None
+    ) -> ClassifiedBatch | None:
+        """Admit and classify a batch (off the event loop); None when nothing moved.
+
+        `spans`, when the intake knows them, say what each partition's read covered;
+        a batch without messages whose spans moved a partition is still a flush.
+        """
         self._working += 1
         try:
             self.last_activity = time.monotonic()
             self.metrics.events_in.inc(len(messages))
-            admitted = await self._admit(messages)
-            if not admitted:
+            admitted, extents = await self._admit(messages, spans or {})
+            if not extents:
                 return None
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._classifier, classify_batch, admitted)
+            return await loop.run_in_executor(self._classifier, classify_batch, admitted, extents)
         finally:
             self._working -= 1
 
@@ -88,50 +123,131 @@ class MeteringPipeline:
         finally:
             self._working -= 1
 
-    async def _admit(self, messages: Sequence[SourceMessage]) -> list[SourceMessage]:
-        admitted: list[SourceMessage] = []
-        sought: set[tuple[str, int]] = set()
+    async def _admit(
+        self, messages: Sequence[SourceMessage], spans: Spans
+    ) -> tuple[list[SourceMessage], Extents]:
+        by_partition: dict[TP, list[SourceMessage]] = {}
         for message in messages:
-            tp = (message.topic, message.partition)
-            if tp in sought:
+            by_partition.setdefault((message.topic, message.partition), []).append(message)
+        admitted: list[SourceMessage] = []
+        extents: Extents = {}
+        for tp in sorted(by_partition.keys() | spans.keys()):
+            records = by_partition.get(tp, [])
+            span = spans.get(tp)
+            if not records and (span is None or span.end <= span.start):
                 continue
             if self.positions.next_offset(*tp) is None:
                 # Nothing of this partition was ever counted in this store: it starts at
                 # the earliest offset the broker still has, wherever the consumer group's
                 # committed offset points (a new or replaced store counts everything).
                 self.positions.accept_from(*tp, await self._earliest_offset(*tp))
-            verdict = self.positions.admit(message.topic, message.partition, message.offset)
-            if verdict is Admission.NEW:
-                admitted.append(message)
-            elif verdict is Admission.ALREADY_COUNTED:
-                self.metrics.already_counted_skipped.inc()
+            if span is None:
+                new, resume_from = await self._admit_records(tp, records)
             else:
-                expected = self.positions.next_offset(*tp)
-                assert expected is not None
-                earliest = await self._earliest_offset(*tp)
+                new, resume_from = await self._admit_span(tp, span, records)
+            resume_at = self._next(tp)
+            if resume_at > resume_from:
+                extents[tp] = (resume_from, resume_at - 1)
+                admitted.extend(new)
+        return admitted, extents
+
+    def _next(self, tp: TP) -> int:
+        offset = self.positions.next_offset(*tp)
+        if offset is None:
+            raise PositionError(f"{tp[0]}[{tp[1]}]: no resume point")
+        return offset
+
+    async def _admit_span(
+        self, tp: TP, span: Span, records: Sequence[SourceMessage]
+    ) -> tuple[list[SourceMessage], int]:
+        """One partition's read as the batch intake saw it (see the module docstring)."""
+        expected = self._next(tp)
+        first_new = next((m.offset for m in records if m.offset >= expected), span.end)
+        if span.start > expected or first_new > expected:
+            earliest = await self._unless_expired(tp, expected)
+            if earliest > expected:
+                self.positions.accept_from(*tp, earliest)
+                expected = earliest
+        if span.start > expected:
+            await self._seek_back(tp, expected, span.start)
+            return [], expected
+        verdict = self.positions.admit_span(*tp, span, [m.offset for m in records])
+        if verdict.verdict is Admission.GAP:  # excluded above; a proper error if not
+            raise PositionError(f"{tp[0]}[{tp[1]}]: read from {span.start} after {expected}")
+        if verdict.already_counted:
+            self.metrics.already_counted_skipped.inc(verdict.already_counted)
+        return list(records[verdict.already_counted :]), verdict.resume_from
+
+    async def _admit_records(
+        self, tp: TP, records: Sequence[SourceMessage]
+    ) -> tuple[list[SourceMessage], int]:
+        """One partition's records without positions (the agent intake), in order."""
+        resume_from = self._next(tp)
+        admitted: list[SourceMessage] = []
+        previous: int | None = None
+        for message in records:
+            expected = self._next(tp)
+            if message.offset > expected and not gap_inside_delivery(
+                expected, previous, message.offset
+            ):
+                earliest = await self._unless_expired(tp, expected)
                 if earliest > expected:
-                    log.error(
-                        "offsets expired on the broker before they were counted",
-                        extra={
-                            "topic": message.topic,
-                            "partition": message.partition,
-                            "first_missing": expected,
-                            "resume_at": earliest,
-                        },
-                    )
-                    self.positions.accept_from(message.topic, message.partition, earliest)
-                    if self.positions.admit(*tp, message.offset) is Admission.NEW:
-                        admitted.append(message)
-                        continue
-                log.warning(
-                    "consumer jumped past uncounted offsets; seeking back",
-                    extra={
-                        "topic": message.topic,
-                        "partition": message.partition,
-                        "expected": expected,
-                        "got": message.offset,
-                    },
-                )
-                sought.add(tp)
-                await self._seek(message.topic, message.partition, expected)
-        return admitted
+                    if admitted:
+                        # The hole would land inside this batch's range: end the range
+                        # here; the next read starts the partition's range after it.
+                        await self._seek(*tp, expected)
+                        break
+                    self.positions.accept_from(*tp, earliest)
+                    resume_from = expected = earliest
+                if message.offset > expected and not await self._broker_skips(
+                    tp, expected, message.offset
+                ):
+                    await self._seek_back(tp, expected, message.offset)
+                    break
+            if message.offset > expected:
+                self.positions.accept_from(*tp, message.offset)  # a gap nobody could read
+            if self.positions.admit(*tp, message.offset) is Admission.NEW:
+                admitted.append(message)
+            else:
+                self.metrics.already_counted_skipped.inc()
+            previous = message.offset
+        return admitted, resume_from
+
+    async def _broker_skips(self, tp: TP, expected: int, offset: int) -> bool:
+        """Does a read_committed read from `expected` return `offset` as its first record?"""
+        if self._first_readable is None:
+            return False
+        first = await self._first_readable(*tp, expected, offset)
+        if first is None or first < offset:
+            return False
+        if first > offset:
+            raise PositionError(
+                f"{tp[0]}[{tp[1]}]: offset {offset} was delivered, but a read_committed "
+                f"read from {expected} finds no record there (first: {first}); the consumer "
+                "is not reading committed records only"
+            )
+        return True
+
+    async def _unless_expired(self, tp: TP, expected: int) -> int:
+        """The broker's earliest offset if retention passed `expected` (logged), else
+        `expected`. The caller decides where the partition resumes."""
+        earliest = await self._earliest_offset(*tp)
+        if earliest <= expected:
+            return expected
+        log.error(
+            "offsets expired on the broker before they were counted",
+            extra={
+                "topic": tp[0],
+                "partition": tp[1],
+                "first_missing": expected,
+                "resume_at": earliest,
+            },
+        )
+        return earliest
+
+    async def _seek_back(self, tp: TP, expected: int, got: int) -> None:
+        log.warning(
+            "consumer jumped past uncounted offsets; seeking back",
+            extra={"topic": tp[0], "partition": tp[1], "expected": expected, "got": got},
+        )
+        await self._seek(*tp, expected)

@@ -1,12 +1,15 @@
-"""classify_batch: per-partition offset ranges and in-batch deduplication."""
+"""classify_batch: per-partition offset ranges (with and without extents) and in-batch
+deduplication."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import pytest
+
 from schemas.rejections import Reason
-from streams.batch import PartitionRange, SourceMessage, classify_batch
+from streams.batch import BatchError, PartitionRange, SourceMessage, classify_batch
 
 ID_A = "7d3f0f4e-5b8e-4a53-9d55-3f1c2a9e8b10"
 ID_B = "0b5c2d8e-1f3a-4c6b-8d9e-2a7f4b1c3e50"
@@ -149,3 +152,45 @@ def test_counted_is_left_for_the_sink() -> None:
     batch = classify_batch([msg(0, 0, event(ID_A)), msg(0, 1, event(ID_B))])
     assert batch.ranges[(TOPIC, 0)].counted == 0
     assert [v.event.event_id for v in batch.valid] == [ID_A, ID_B]
+
+
+# -- extents: the part of each partition a flush accounts for -------------------------
+
+
+def test_extents_set_the_ranges_and_the_skipped_offsets_are_the_difference() -> None:
+    # Partition 0 resumed at 10 and the read ended at 17; 12, 15 and 16 held no record.
+    # Partition 1 moved from 40 to 42 past two markers, without a record.
+    messages = [msg(0, 10, event(ID_A)), msg(0, 11, b"{"), msg(0, 13, event(ID_A))]
+    messages.append(msg(0, 14, event(ID_B)))
+    batch = classify_batch(messages, {(TOPIC, 0): (10, 16), (TOPIC, 1): (40, 41)})
+    assert batch.ranges == {
+        (TOPIC, 0): PartitionRange(
+            TOPIC, 0, first_offset=10, last_offset=16, messages=4, duplicates=1, rejected=1
+        ),
+        (TOPIC, 1): PartitionRange(TOPIC, 1, first_offset=40, last_offset=41, messages=0),
+    }
+    assert batch.messages == 4
+    assert batch.skipped_offsets == 3 + 2
+    assert [v.source.offset for v in batch.valid] == [10, 14]
+
+
+def test_partitions_without_an_extent_keep_their_message_offsets() -> None:
+    batch = classify_batch(
+        [msg(0, 10, event(ID_A)), msg(2, 7, event(ID_B)), msg(2, 9, event(ID_C))],
+        {(TOPIC, 0): (8, 12)},
+    )
+    assert batch.ranges[(TOPIC, 0)] == PartitionRange(TOPIC, 0, 8, 12, messages=1)
+    assert batch.ranges[(TOPIC, 2)] == PartitionRange(TOPIC, 2, 7, 9, messages=2)
+    assert batch.skipped_offsets == 4 + 1
+
+
+def test_a_message_outside_its_extent_is_refused() -> None:
+    with pytest.raises(BatchError):
+        classify_batch([msg(0, 13, event(ID_A))], {(TOPIC, 0): (10, 12)})
+    with pytest.raises(BatchError):
+        classify_batch([msg(0, 9, event(ID_A))], {(TOPIC, 0): (10, 12)})
+
+
+def test_an_empty_extent_is_refused() -> None:
+    with pytest.raises(BatchError):
+        classify_batch([], {(TOPIC, 0): (10, 9)})
