@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import secrets
 import sys
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from metering.settings import Settings
 
 __all__ = ["COMMANDS", "add_reporting_commands", "run_reporting_command"]
 
-COMMANDS: Final = ("bill", "reconcile", "report", "access")
+COMMANDS: Final = ("bill", "reconcile", "report", "access", "export")
 
 
 def _period_type(parse: Any) -> Any:
@@ -120,6 +121,15 @@ def add_reporting_commands(subparsers: Any) -> None:
         "--top", type=_positive_int, default=10, help="agencies ranked per tenant (10)"
     )
 
+    export = subparsers.add_parser(
+        "export", help="a period's views, statement lines and rejection counts as files"
+    )
+    _store_option(export)
+    _period_options(export)
+    export.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    export.add_argument("--out", type=Path, required=True, help="directory for the files")
+    export.add_argument("--agency", help="only this agency's rows (its views and lines)")
+
     access = subparsers.add_parser("access", help="agency-scoped read-only ClickHouse access")
     kinds = access.add_subparsers(dest="access", required=True)
     agency_user = kinds.add_parser("agency-user", help="SQL for one agency's read-only user")
@@ -161,6 +171,8 @@ def run_reporting_command(args: argparse.Namespace, settings: Settings) -> int |
             return _reconcile(args, settings)
         if args.command == "report":
             return _report(args, settings)
+        if args.command == "export":
+            return _export(args, settings)
         return _access(args, settings)
     except (PriceBookError, BillingError, AccessError) as error:
         print(f"metering {args.command}: {error}", file=sys.stderr)
@@ -254,6 +266,23 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     _emit(renderers[args.format](report), args.out)
     if args.out is not None:
         print(f"wrote {args.format} report for {args.period.label} to {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from metering.export import export_period
+    from metering.oversight.access import agency_user_name
+
+    if args.agency is not None:
+        agency_user_name(args.agency)  # validates the id
+    client = _open(settings)
+    try:
+        manifest = export_period(client, args.period, args.out, args.format, args.agency)
+    finally:
+        client.close()
+    files = json.loads(manifest.read_text())["files"]
+    rows = ", ".join(f"{f['name']} {f['rows']}" for f in files)
+    print(f"exported {args.period.describe()} to {args.out} ({rows} rows); manifest {manifest}")
     return 0
 
 
