@@ -20,7 +20,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# -qq: setuptools prints a notice on every editable install (folders named like the
+	@# packages take precedence); the project's own warnings are fixed, errors still show
+	$(BIN)/python -m pip install -qq -e '.[dev]'
 	touch $(STAMP)
 
 kafka-start:
