@@ -2,7 +2,8 @@
 
 Generates the events once (seeded), publishes them once to a fresh topic, then runs each
 contender in its own process, one after the other, reading that topic from the beginning
-with its own consumer group and writing to its own embedded store. Prints one table.
+with its own consumer group and writing to its own embedded store (row 2s: to a local
+ClickHouse server of its own, over HTTP). Prints one table.
 
     python -m bench.pipeline --messages 1000000 [--bootstrap 127.0.0.1:9092] [--partitions 6]
 """
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -34,9 +36,10 @@ from bench.rows import (
     run_floor,
     run_floor_aiokafka,
     run_pipeline,
+    run_pipeline_server,
     run_quix,
 )
-from bench.table import Measurement, format_ratios, format_table
+from bench.table import Measurement, ServerFigures, format_ratios, format_server, format_table
 from bench.topic import (
     count_lines,
     create_topic,
@@ -81,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         help="interpreter with bench/requirements.txt installed (default: $BENCH_QUIX_PYTHON)",
     )
     p.add_argument("--idle", type=float, default=3.0, help="the worker's --until-idle seconds")
-    p.add_argument("--batch-max-events", type=int, help="METERING_BATCH_MAX_EVENTS for row 2")
+    p.add_argument("--batch-max-events", type=int, help="METERING_BATCH_MAX_EVENTS, rows 2 and 2s")
     p.add_argument("--timeout", type=float, help="seconds per contender before it is killed")
     p.add_argument("--work-dir", type=Path, help="stores and logs (default: a temp directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory and topics")
@@ -158,7 +161,14 @@ def _selected(only: str) -> set[str]:
     return wanted
 
 
-def _run_rows(bench: BenchRun, wanted: set[str]) -> tuple[list[Measurement], WorkerTimeline | None]:
+@dataclass
+class _Results:
+    rows: list[Measurement]
+    timelines: dict[str, WorkerTimeline]  # row key -> the worker's log, rows 2 and 2s
+    server: ServerFigures | None  # row 2s's server process
+
+
+def _run_rows(bench: BenchRun, wanted: set[str]) -> _Results:
     steps: list[tuple[str, Callable[[BenchRun], Measurement]]] = [
         ("1", run_floor),
         ("1b", run_floor_aiokafka),
@@ -166,21 +176,27 @@ def _run_rows(bench: BenchRun, wanted: set[str]) -> tuple[list[Measurement], Wor
         ("4", run_quix),
     ]
     results: dict[str, Measurement] = {}
-    timeline = None
-    order = ["1", "1b", "2", "3", "4"]
+    timelines: dict[str, WorkerTimeline] = {}
+    server = None
+    order = ["1", "1b", "2", "2s", "3", "4"]
     for key in order:
         short, name = ROWS[key]
         if short not in wanted:
             continue
         _say(f"row {key}: {name} ...")
         began = time.monotonic()
+        timeline = None
         if key == "2":
             results[key], timeline = run_pipeline(bench)
+        elif key == "2s":
+            results[key], timeline, server = run_pipeline_server(bench)
         else:
             results[key] = dict(steps)[key](bench)
+        if timeline is not None:
+            timelines[key] = timeline
         m = results[key]
         _say(f"row {key}: {m.status} in {time.monotonic() - began:.0f} s ({m.detail})")
-    return [results[k] for k in order if k in results], timeline
+    return _Results([results[k] for k in order if k in results], timelines, server)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"published {published.messages:,} in {published.seconds:.1f} s "
                 f"({published.rate:,.0f}/s); {len(reference.totals):,} agency-days"
             )
-        rows, timeline = _run_rows(bench, wanted)
+        results = _run_rows(bench, wanted)
     finally:
         if not args.keep:
             deleted = delete_topics_containing(args.bootstrap, run_id)
@@ -244,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reference.user_sample == 1
         else f"1 in {reference.user_sample} agencies (runs over {USERS_EXACT_LIMIT:,} messages)"
     )
+    rows = results.rows
     ours = next((m for m in rows if m.key == "2"), None)
+    served = next((m for m in rows if m.key == "2s"), None)
     report = [
         _header(args, plan, topic, quix_version),
         (
@@ -258,17 +276,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         format_table(rows),
         f"(other load: mean CPUs busy with other processes while the row ran, of "
         f"{os.cpu_count()}; rows are comparable only when it stays near 0)",
-        "",
-        format_ratios(ours, [m for m in rows if m.key != "2"]),
     ]
-    if timeline is not None:
-        report += ["", *describe(timeline)]
+    ratios = format_ratios(ours, [m for m in rows if m.key not in ("2", "2s")])
+    if ratios:
+        report += ["", ratios]
+    if served is not None and results.server is not None:
+        report += ["", *format_server(served, results.server, ours)]
+    for key, timeline in results.timelines.items():
+        if len(results.timelines) > 1:
+            report += ["", f"row {key}, {ROWS[key][1]}:"]
+        else:
+            report.append("")
+        report += describe(timeline)
     print("\n".join(report))
     if args.json_out is not None:
         args.json_out.write_bytes(
             orjson.dumps(
                 {"run_id": run_id, "messages": plan.messages, "days": days,
-                 "partitions": args.partitions, "rows": [m.__dict__ for m in rows]},
+                 "partitions": args.partitions, "rows": [m.__dict__ for m in rows],
+                 "server": asdict(results.server) if results.server is not None else None},
                 option=orjson.OPT_INDENT_2,
             )
         )  # fmt: skip

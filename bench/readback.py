@@ -1,8 +1,8 @@
 """Read one contender's agency-day rows from its store, in a process of its own.
 
-`python -m bench.readback --store PATH --source pipeline|bench --out FILE.json`
-(the embedded store can be open in one process at a time, so the bench never opens
-contender stores itself).
+`python -m bench.readback (--store PATH | --url http://HOST:PORT) --source pipeline|bench
+--out FILE.json` (the embedded store can be open in one process at a time, so the bench
+never opens contender stores itself; `--url` reads a ClickHouse server over HTTP).
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from pathlib import Path
 
 import orjson
 
-from bench.contenders.chstore import READ_QUERIES, open_store
+from bench.contenders.chstore import READ_QUERIES, open_server, open_store
 
 __all__ = ["main", "read_rows"]
 
 
-def read_rows(store: Path, source: str) -> list[list[object]]:
-    client = open_store(store)
+def read_rows(store: Path | str, source: str) -> list[list[object]]:
+    """The rows of `source` from the embedded store at a path, or a server at a URL."""
+    client = open_store(store) if isinstance(store, Path) else open_server(store)
     try:
         return [list(row) for row in client.query(READ_QUERIES[source]).result_rows]
     finally:
@@ -28,11 +29,14 @@ def read_rows(store: Path, source: str) -> list[list[object]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--store", type=Path, required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", type=Path, help="an embedded (chDB) store directory")
+    where.add_argument("--url", help="a ClickHouse server, http(s)://...")
     p.add_argument("--source", choices=sorted(READ_QUERIES), required=True)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    args.out.write_bytes(orjson.dumps(read_rows(args.store, args.source)))
+    target: Path | str = args.store if args.store is not None else args.url
+    args.out.write_bytes(orjson.dumps(read_rows(target, args.source)))
     return 0
 
 

@@ -7,8 +7,11 @@ writes to its own store path under the run's work directory.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import orjson
 from bench.contenders.markers import DONE, FIRST
 from bench.reference import Reference, Verdict, verify_count, verify_rows
 from bench.runner import RunRecord, run_process
-from bench.table import Measurement, measure_window, not_run
+from bench.table import Measurement, ServerFigures, measure_window, not_run
 from bench.worklog import WorkerTimeline, worker_timeline
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "run_floor",
     "run_floor_aiokafka",
     "run_pipeline",
+    "run_pipeline_server",
     "run_quix",
 ]
 
@@ -36,6 +40,7 @@ ROWS: dict[str, tuple[str, str]] = {
     "1": ("floor", "kafka-python + orjson (floor)"),
     "1b": ("aiokafka", "aiokafka + orjson (faust's client)"),
     "2": ("pipeline", "metering worker --until-idle"),
+    "2s": ("pipeline-server", "metering worker, local server over HTTP"),
     "3": ("faust", "faust textbook (agent, Tables)"),
     "4": ("quix", "quixstreams (1-day windows)"),
 }
@@ -93,11 +98,14 @@ class BenchRun:
             str(self.reference.messages),
         ]
 
-    def read_back(self, store: Path, source: str) -> Verdict:
-        """Read the contender's rows in a separate process and compare them."""
+    def read_back(self, store: Path, source: str, *, url: str | None = None) -> Verdict:
+        """Read the contender's rows in a separate process and compare them: from the
+        embedded store at `store`, or over HTTP from the server at `url` (then `store`
+        only names the output file)."""
         out = self.work / f"{store.name}.rows.json"
+        target = ["--url", url] if url is not None else ["--store", str(store)]
         done = subprocess.run(
-            [self.python, "-m", "bench.readback", "--store", str(store), "--source", source,
+            [self.python, "-m", "bench.readback", *target, "--source", source,
              "--out", str(out)],
             env=self.env(),
             cwd=self.repo,
@@ -142,34 +150,33 @@ def run_floor_aiokafka(bench: BenchRun) -> Measurement:
     return _floor("1b", "bench.contenders.floor_aiokafka", bench)
 
 
-def run_pipeline(bench: BenchRun) -> tuple[Measurement, WorkerTimeline | None]:
-    """Row 2: `metering worker --until-idle` on its own embedded store."""
-    key, (row, name) = "2", ROWS["2"]
-    store = bench.work / "pipeline-store"
-    env = bench.env(
+def _worker_env(bench: BenchRun, row: str, url: str) -> dict[str, str]:
+    return bench.env(
         KAFKA_BOOTSTRAP_SERVERS=bench.bootstrap,
         METERING_EVENTS_TOPIC=bench.topic,
         METERING_DLQ_TOPIC=f"{bench.topic}.dlq",
         METERING_RELAY_TOPIC=f"{bench.topic}.flushes",
-        CLICKHOUSE_URL=f"chdb://{store}",
+        CLICKHOUSE_URL=url,
         METERING_CONSUMER_GROUP=bench.group(row),
         METERING_TOPIC_PARTITIONS=str(bench.partitions),
         **bench.worker_env,
     )
-    argv = [bench.python, "-m", "metering.cli", "worker", "--until-idle", str(bench.idle_seconds)]
-    run = bench.run(row, argv, env)
-    timeline = worker_timeline(run)
-    if run.returncode != 0 or not timeline.flushes:
-        reason = run.failure() if run.returncode != 0 else "no flush committed"
-        return not_run(key, name, "FAILED", reason), timeline
-    verdict = bench.read_back(store, "pipeline")
+
+
+def _worker_argv(bench: BenchRun) -> list[str]:
+    return [bench.python, "-m", "metering.cli", "worker", "--until-idle", str(bench.idle_seconds)]
+
+
+def _measure_worker(
+    key: str, bench: BenchRun, run: RunRecord, timeline: WorkerTimeline, verdict: Verdict
+) -> Measurement:
     if verdict.ok and timeline.messages != bench.reference.messages:
         verdict = Verdict(
             False, f"flushes hold {timeline.messages} messages, {bench.reference.messages} sent"
         )
-    measured = measure_window(
+    return measure_window(
         key,
-        name,
+        ROWS[key][1],
         run,
         verdict,
         messages=timeline.messages,
@@ -177,7 +184,170 @@ def run_pipeline(bench: BenchRun) -> tuple[Measurement, WorkerTimeline | None]:
         first_count=timeline.flushes[0].messages,
         done=run.last("flush committed"),
     )
-    return measured, timeline
+
+
+def run_pipeline(bench: BenchRun) -> tuple[Measurement, WorkerTimeline | None]:
+    """Row 2: `metering worker --until-idle` on its own embedded store."""
+    key, (row, name) = "2", ROWS["2"]
+    store = bench.work / "pipeline-store"
+    run = bench.run(row, _worker_argv(bench), _worker_env(bench, row, f"chdb://{store}"))
+    timeline = worker_timeline(run)
+    if run.returncode != 0 or not timeline.flushes:
+        reason = run.failure() if run.returncode != 0 else "no flush committed"
+        return not_run(key, name, "FAILED", reason), timeline
+    return _measure_worker(key, bench, run, timeline, bench.read_back(store, "pipeline")), timeline
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """utime + stime of every thread of `pid`, from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _status_mb(pid: int, field_name: str) -> float | None:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM) in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class _ServerSampler:
+    """Samples the server process's CPU seconds and resident memory every `period` s
+    while the worker runs, so its CPU inside the worker's processing window can be read
+    off and its peak memory is known even if VmHWM could not be reset."""
+
+    def __init__(self, pid: int, period: float = 0.1) -> None:
+        self.pid, self.period = pid, period
+        self.samples: list[tuple[float, float, float]] = []  # (wall clock, CPU s, RSS MB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="server-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        while True:
+            cpu, rss = _cpu_seconds(self.pid), _status_mb(self.pid, "VmRSS")
+            if cpu is not None and rss is not None:
+                self.samples.append((time.time(), cpu, rss))
+            if self._stop.wait(self.period):
+                return
+
+    def __enter__(self) -> _ServerSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def cpu_at(self, at: float) -> float | None:
+        """The CPU seconds of the last sample at or before `at`."""
+        before = [cpu for t, cpu, _ in self.samples if t <= at]
+        return before[-1] if before else None
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        return max((rss for _, _, rss in self.samples), default=None)
+
+
+def _server_step(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
+    """Run infra/clickhouse/start or stop: (seconds it took, its last output line)."""
+    began = time.monotonic()
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - began
+    said = (done.stdout.strip() or done.stderr.strip()).splitlines()[-1:] or ["no output"]
+    if done.returncode != 0:
+        raise RuntimeError(f"{Path(argv[0]).name} failed (exit {done.returncode}): {said[0]}")
+    return seconds, said[0]
+
+
+def run_pipeline_server(
+    bench: BenchRun,
+) -> tuple[Measurement, WorkerTimeline | None, ServerFigures | None]:
+    """Row 2s: the same worker against a local ClickHouse server (infra/clickhouse/start)
+    of its own, on free ports in the work directory, over HTTP; the server is stopped at
+    the end. Besides the worker's figures: the server process's start time, its memory
+    at rest and at peak, and its CPU while the worker ran."""
+    key, (row, name) = "2s", ROWS["2s"]
+    data_dir = bench.work / "server-store"
+    http_port, tcp_port = _free_port(), _free_port()
+    while tcp_port == http_port:
+        tcp_port = _free_port()
+    server_env = bench.env(
+        CLICKHOUSE_DATA_DIR=str(data_dir),
+        CLICKHOUSE_HTTP_PORT=str(http_port),
+        CLICKHOUSE_TCP_PORT=str(tcp_port),
+    )
+    server_env.pop("CLICKHOUSE_SERVER_DIR", None)  # the default: next to the data
+    infra = bench.repo / "infra" / "clickhouse"
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        start_s, _ = _server_step([str(infra / "start")], server_env, bench.work)
+    except RuntimeError as error:
+        return not_run(key, name, "FAILED", f"local server: {error}"), None, None
+    try:
+        pid = int(Path(f"{data_dir}-server/clickhouse.pid").read_text().strip())
+        rest_rss = _status_mb(pid, "VmRSS")
+        try:  # "5" resets VmHWM to the current RSS (Linux 4.0+): the peak of this run only
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+            hwm_reset = True
+        except OSError:
+            hwm_reset = False
+        cpu_before = _cpu_seconds(pid)
+        with _ServerSampler(pid) as sampler:
+            run = bench.run(row, _worker_argv(bench), _worker_env(bench, row, url))
+            cpu_after = _cpu_seconds(pid)
+            hwm = _status_mb(pid, "VmHWM") if hwm_reset else None
+        timeline = worker_timeline(run)
+        during = None
+        if cpu_after is not None and cpu_before is not None:
+            during = cpu_after - cpu_before
+        if during is not None and run.other_cores is not None:
+            # the server's CPU is this row's own work, not other load on the machine
+            busy_s = max(run.exited - run.spawned, 1e-9)
+            run.other_cores = max(0.0, run.other_cores - during / busy_s)
+        first, done = run.first("flush committed"), run.last("flush committed")
+        window_cpu = None
+        if first is not None and done is not None:
+            at_first, at_done = sampler.cpu_at(first.at), sampler.cpu_at(done.at)
+            if at_first is not None and at_done is not None:
+                window_cpu = at_done - at_first
+        peaks = [mb for mb in (hwm, sampler.peak_rss_mb) if mb is not None]
+        server = ServerFigures(
+            start_s=start_s,
+            rest_rss_mb=rest_rss,
+            peak_rss_mb=max(peaks) if peaks else None,
+            cpu_during_run_s=during,
+            window_cpu_s=window_cpu,
+        )
+        if run.returncode != 0 or not timeline.flushes:
+            reason = run.failure() if run.returncode != 0 else "no flush committed"
+            return not_run(key, name, "FAILED", reason), timeline, server
+        verdict = bench.read_back(data_dir, "pipeline", url=url)
+        measured = _measure_worker(key, bench, run, timeline, verdict)
+        inside = measured.messages - timeline.flushes[0].messages
+        if window_cpu is not None and inside > 0:
+            server = replace(server, window_cpu_per_m=window_cpu / inside * 1e6)
+        return measured, timeline, server
+    finally:
+        try:
+            _server_step([str(infra / "stop")], server_env, bench.work)
+        except RuntimeError as error:
+            print(f"[bench] row {key}: {error}", file=sys.stderr, flush=True)
 
 
 def run_faust(bench: BenchRun) -> Measurement:

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from bench.reference import Verdict
 from bench.runner import LogLine, RunRecord
 
-__all__ = ["Measurement", "format_ratios", "format_table", "measure_window", "not_run"]
+__all__ = [
+    "Measurement",
+    "ServerFigures",
+    "format_ratios",
+    "format_server",
+    "format_table",
+    "measure_window",
+    "not_run",
+]
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,18 @@ class Measurement:
     @property
     def ok(self) -> bool:
         return self.status == "OK"
+
+
+@dataclass(frozen=True)
+class ServerFigures:
+    """The local ClickHouse server process of a row that writes over HTTP (row 2s)."""
+
+    start_s: float  # infra/clickhouse/start until it returned (a query answers)
+    rest_rss_mb: float | None  # VmRSS after start, before the worker
+    peak_rss_mb: float | None  # highest VmRSS while the worker ran (VmHWM reset at start)
+    cpu_during_run_s: float | None  # utime + stime from the worker's spawn to its exit
+    window_cpu_s: float | None  # the same inside the worker's processing window
+    window_cpu_per_m: float | None = None  # ... per million events of that window
 
 
 def not_run(key: str, name: str, status: str, detail: str) -> Measurement:
@@ -148,18 +168,62 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def format_ratios(ours: Measurement | None, others: Sequence[Measurement]) -> str:
-    """Row 2 against each other row: throughput and CPU per event, where both are OK."""
+    """Row `ours` (row 2) against each other row: throughput and CPU per event, where
+    both are OK."""
     if ours is None:
         return ""
     out = []
     for other in others:
         if not (ours.ok and other.ok):
             why = ours.status if not ours.ok else other.status
-            out.append(f"2 vs {other.key} ({other.name}): n/a ({why})")
+            out.append(f"{ours.key} vs {other.key} ({other.name}): n/a ({why})")
             continue
         out.append(
-            f"2 vs {other.key} ({other.name}): throughput {_ratio(ours.rate, other.rate)}, "
+            f"{ours.key} vs {other.key} ({other.name}): throughput "
+            f"{_ratio(ours.rate, other.rate)}, "
             f"CPU per event {_ratio(ours.cpu_per_m, other.cpu_per_m)}, "
             f"peak RSS {_ratio(ours.max_rss_mb, other.max_rss_mb)}"
         )
     return "\n".join(out)
+
+
+def format_server(
+    row: Measurement, server: ServerFigures, in_process: Measurement | None = None
+) -> list[str]:
+    """Note lines under the table for a row whose store is a server process: the
+    server's start, memory and CPU, the worker + server CPU per event, and that sum
+    against the in-process row (whose worker CPU includes the engine's)."""
+    lines = [
+        f"{row.key} server process (infra/clickhouse/start): started in {server.start_s:.1f} s; "
+        f"RSS at rest {_num(server.rest_rss_mb, 0)} MB, peak during the run "
+        f"{_num(server.peak_rss_mb, 0)} MB; CPU {_num(server.cpu_during_run_s)} s during the "
+        f"worker's run, {_num(server.window_cpu_s)} s inside its processing window "
+        f"({_num(server.window_cpu_per_m)} s per M events)"
+    ]
+    both = (
+        row.cpu_per_m + server.window_cpu_per_m
+        if row.cpu_per_m is not None and server.window_cpu_per_m is not None
+        else None
+    )
+    lines.append(
+        f"{row.key} worker + server CPU s/M events in the window: {_num(both)} "
+        f"(worker {_num(row.cpu_per_m)} + server {_num(server.window_cpu_per_m)}); "
+        f"'other load' of row {row.key} excludes the server"
+    )
+    if in_process is not None:
+        if row.ok and in_process.ok:
+            lines.append(
+                f"{row.key} vs {in_process.key} ({in_process.name}): throughput "
+                f"{_ratio(row.rate, in_process.rate)}, CPU per event (worker + server) "
+                f"{_ratio(both, in_process.cpu_per_m)}, "
+                f"peak RSS (worker + server) "
+                f"{_ratio(_sum(row.max_rss_mb, server.peak_rss_mb), in_process.max_rss_mb)}"
+            )
+        else:
+            why = row.status if not row.ok else in_process.status
+            lines.append(f"{row.key} vs {in_process.key} ({in_process.name}): n/a ({why})")
+    return lines
+
+
+def _sum(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b

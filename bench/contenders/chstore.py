@@ -18,6 +18,7 @@ __all__ = [
     "READ_QUERIES",
     "ensure_bench_table",
     "insert_rows",
+    "open_server",
     "open_store",
 ]
 
@@ -71,6 +72,15 @@ def open_store(path: Path) -> Any:
     return clickhouse_connect.get_client(
         dsn=f"chdb://{path.resolve()}", settings={"async_insert": 0}
     )
+
+
+def open_server(url: str) -> Any:
+    """A clickhouse-connect client on a ClickHouse server (`http(s)://...`), opened as
+    the project opens it (`store.connection.connect`: its settings, CLICKHOUSE_PASSWORD
+    for a URL without one)."""
+    from store.connection import connect
+
+    return connect(url)
 
 
 def ensure_bench_table(client: Any) -> None:
