@@ -179,11 +179,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "replay":
         from metering.progress import Progress
         from metering.replay import replay
-        from metering.topics import ensure_topics
 
-        ensure_topics(settings)
         progress = Progress("replay")
-        sent = replay(settings, args.paths, progress)
+        # The topics are created (with kafka-python's admin) only if the events topic is
+        # missing: importing kafka-python costs more than a short replay takes.
+        sent = replay(settings, args.paths, progress, create_topics=_ensure_topics)
         progress.done()
         print(f"published {sent} messages to {settings.events_topic}")
         return 0
@@ -232,6 +232,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(f"applied {len(applied)} migration(s)")
         return 0
     raise AssertionError(command)
+
+
+def _ensure_topics(settings: Settings) -> None:
+    from metering.topics import ensure_topics
+
+    ensure_topics(settings)
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import gzip
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -184,16 +184,31 @@ def librdkafka_options(settings: Settings) -> dict[str, str]:
     return options
 
 
-def _topic_limit(settings: Settings, topic: str) -> int | None:
-    """The topic's max.message.bytes (largest record batch it takes), or None if unknown."""
+def _describe_topic(settings: Settings, topic: str) -> tuple[bool, int | None]:
+    """Whether the topic exists, and its max.message.bytes (largest record batch it takes).
+
+    The limit is None when the broker does not say (e.g. no permission to describe).
+    """
     admin = AdminClient(dict(librdkafka_options(settings)), logger=log)
     resource = ConfigResource("topic", topic)
     try:
-        configs = admin.describe_configs([resource], request_timeout=10)[resource].result(10)
-        return int(configs["max.message.bytes"].value)
-    except (KafkaException, KeyError, ValueError, TypeError, TimeoutError) as error:
+        configs = admin.describe_configs([resource], request_timeout=10)[resource].result(15)
+        return True, int(configs["max.message.bytes"].value)
+    except KafkaException as error:
+        code = error.args[0].code() if isinstance(error.args[0], KafkaError) else None
+        if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return False, None
+        if code in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            raise ReplayError(
+                f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: no broker "
+                f"answered ({_describe(error.args[0])}). Start one with infra/kafka/start, "
+                "or point the variable at your cluster."
+            ) from None
         log.info("topic limit unknown", extra={"topic": topic, "reason": str(error)})
-        return None
+        return True, None
+    except (KeyError, ValueError, TypeError) as error:
+        log.info("topic limit unknown", extra={"topic": topic, "reason": str(error)})
+        return True, None
 
 
 @dataclass(frozen=True)
@@ -205,7 +220,13 @@ class _Failure:
 class Publisher:
     """Lines to the events topic, keyed by agency_id; `finish` waits for every ack."""
 
-    def __init__(self, settings: Settings, compression: Compression | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        compression: Compression | None = None,
+        create_topics: Callable[[Settings], None] | None = None,
+    ) -> None:
+        """`create_topics` is called when the events topic does not exist."""
         self.topic = settings.events_topic
         self.queued = 0  # handed to the producer
         self._refused_by_broker = 0
@@ -214,7 +235,11 @@ class Publisher:
         self._paths: list[Path] = []
         # A batch never exceeds what the topic takes, so the broker refuses only a message
         # that is too large itself (alone in its batch), never its neighbours.
-        limit = self._topic_limit = _topic_limit(settings, self.topic)
+        exists, limit = _describe_topic(settings, self.topic)
+        if not exists and create_topics is not None:
+            create_topics(settings)
+            exists, limit = _describe_topic(settings, self.topic)
+        self._topic_limit = limit
         batch_bytes = _MAX_BATCH_BYTES if limit is None else max(min(limit, _MAX_BATCH_BYTES), 1)
         try:
             self._producer = self._new_producer(settings, compression, batch_bytes)
@@ -365,12 +390,20 @@ def _describe(error: object) -> str:
     return str(error)
 
 
-def replay(settings: Settings, paths: list[Path], progress: Progress | None = None) -> int:
-    """Publish the files in order; return the number of messages acknowledged."""
+def replay(
+    settings: Settings,
+    paths: list[Path],
+    progress: Progress | None = None,
+    create_topics: Callable[[Settings], None] | None = None,
+) -> int:
+    """Publish the files in order; return the number of messages acknowledged.
+
+    `create_topics` runs first when the events topic does not exist yet.
+    """
     for path in paths:
         if not path.is_file():
             raise _missing(path)
-    publisher = Publisher(settings)
+    publisher = Publisher(settings, create_topics=create_topics)
     for path in paths:
         publisher.publish_file(path, progress)
     return publisher.finish()

@@ -283,3 +283,31 @@ def test_simulate_to_kafka_publishes_through_the_same_producer(
     messages = [m for ms in back.values() for m in ms]
     assert len(messages) == 2000
     assert all(key == orjson.loads(value)["agency_id"].encode() for value, key in messages)
+
+
+def test_a_missing_events_topic_is_created_with_the_configured_partitions(
+    kafka_env: dict[str, str], topics: list[str], tmp_path: Path
+) -> None:
+    topic = f"replay-fast-new-{uuid.uuid4().hex[:10]}"
+    topics += [topic, f"{topic}.dlq", f"{topic}.relay"]
+    path = _gzip_file(tmp_path / "b.jsonl.gz")
+
+    result = _replay(kafka_env, topic, str(path))
+
+    assert result.returncode == 0, result.stderr
+    back = _read_back(kafka_env, topic)  # reads partitions 0-5: all of them exist
+    assert sorted((m for ms in back.values() for m in ms), key=repr) == sorted(GZIP_LINES, key=repr)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_env["KAFKA_BOOTSTRAP_SERVERS"].split(","))
+    try:
+        assert {f"{topic}.dlq", f"{topic}.relay"} <= set(admin.list_topics())
+        [described] = admin.describe_topics([topic])
+        assert len(described["partitions"]) == PARTITIONS
+    finally:
+        admin.close()
+
+
+def test_no_broker_is_a_clear_error(tmp_path: Path) -> None:
+    path = _gzip_file(tmp_path / "b.jsonl.gz")
+    result = _replay({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "replay-fast-nowhere", str(path))
+    assert result.returncode == 1
+    assert "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1: no broker answered" in result.stderr
