@@ -268,15 +268,23 @@ def summarise_outcome(outcome: BillingOutcome) -> list[str]:
         f"input sha256 {statement.input_sha256[:12]}"
     )
     previous = outcome.previous
+    waited = []
+    if outcome.waited_for is not None:
+        holder = outcome.waited_for
+        waited.append(
+            f"another `metering bill` held version {holder.version} of {holder.period} "
+            f"({holder.describe()}); waited for it, then compared again"
+        )
     if outcome.status == "unchanged" and previous is not None:
         return [
+            *waited,
             f"unchanged since run {previous.run_id} (version {previous.version}, recorded "
             f"{previous.created_at:%Y-%m-%d %H:%M:%S} UTC): same quantities and price book; "
-            "nothing recorded"
+            "nothing recorded",
         ]
     if outcome.status == "recorded" and outcome.run is not None:
-        return [f"recorded run {outcome.run.run_id} (version 1): {totals}; {digests}"]
-    lines = []
+        return [*waited, f"recorded run {outcome.run.run_id} (version 1): {totals}; {digests}"]
+    lines = list(waited)
     if outcome.status == "restated" and outcome.run is not None and previous is not None:
         lines.append(
             f"restated {statement.period.label}: run {outcome.run.run_id} (version "

@@ -5,11 +5,37 @@ A period's first recorded statement is version 1. Billing the period again:
     run: nothing is written; the outcome is "unchanged since run X";
   * anything different: a restatement, version N+1, with the per-line changes
     (old -> new) and the charge and list-value deltas against the latest run.
-Write order is lines first, run row last: the run row is the commit point.
+Write order is claim first, then lines, run row last: the run row is the commit point.
+
+Two `metering bill` runs for one period at once (two processes, two hosts) must not
+both write version N: ClickHouse has no transactions, so "read the latest version,
+then write the next" is a race in which both read N-1, and their lines mix under one
+run_id. So a run claims (period, version N) before it writes anything:
+
+  1. insert one row into metering.billing_claims with a unique claim_id and the insert
+     deduplication token "billing-claim:<period>:v<N>:a<attempt>". ClickHouse checks
+     and records a block's token under the table's lock (and through Keeper on a
+     cluster): of any number of inserts with one token, exactly one is stored;
+  2. read the claim of (period, N, attempt) back: whoever finds its own claim_id holds
+     version N and writes it; everyone else finds the holder's row, and no interleaving
+     of the inserts and reads can show two runs their own claim;
+  3. the loser waits (up to `wait_seconds`) for the holder's run row and then starts
+     over (usually: "unchanged since run X", the holder having billed the same
+     quantities), or refuses naming the holder's claim; it never wrote a line.
+A holder that died leaves a claim without a run row; once that claim is older than
+the lease (`lease_seconds`, measured on the server's clock), the next run claims the
+next attempt. The holder checks that its attempt is still the latest right before
+its lines and again before its run row; the statement is computed before claiming,
+so a holder needs the lease only for those two inserts.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -18,15 +44,18 @@ from typing import Any, Final, Literal
 from clickhouse_connect.driver.client import Client
 
 from metering.billing.periods import Period
-from metering.billing.statements import LineKey, Statement, StatementLine
+from metering.billing.statements import BillingError, LineKey, Statement, StatementLine
 
 __all__ = [
     "COMPARED_FIELDS",
+    "BillingBusyError",
     "BillingOutcome",
     "BillingRun",
+    "Claim",
     "LineChange",
     "OutcomeStatus",
     "bill_statement",
+    "claim_version",
     "compare_lines",
     "latest_run",
     "read_lines",
@@ -106,6 +135,45 @@ _ORPHAN_COUNT_SQL: Final = (
 )
 _ORPHAN_DELETE_SQL: Final = "DELETE FROM metering.billing_lines WHERE run_id = {run_id:String}"
 
+# The claims of one period's version, latest attempt first, then in the order stored,
+# with the server's clock to judge their age by.
+_CLAIMS_SQL: Final = """
+SELECT attempt, claim_id, claimed_by, claimed_at, now64(6) AS server_now
+FROM metering.billing_claims
+WHERE period = {period:String} AND version = {version:UInt32}
+ORDER BY attempt DESC, claimed_at, claim_id
+"""
+_CLAIM_COLUMNS: Final = ["period", "version", "attempt", "claim_id", "claimed_by"]
+
+DEFAULT_WAIT_SECONDS: Final = 60.0
+DEFAULT_LEASE_SECONDS: Final = 600.0
+# Test hook: hold a won claim this many seconds before writing (two runs then overlap).
+PAUSE_AFTER_CLAIM_ENV: Final = "METERING_FAULT_BILL_PAUSE_AFTER_CLAIM"
+
+
+@dataclass(frozen=True)
+class Claim:
+    period: str
+    version: int
+    attempt: int
+    claim_id: str
+    claimed_by: str
+    claimed_at: datetime
+
+    def describe(self) -> str:
+        return (
+            f"claim {self.claim_id[:12]} by {self.claimed_by} at "
+            f"{self.claimed_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+
+
+class BillingBusyError(BillingError):
+    """Another run holds the claim on the version this run would record."""
+
+    def __init__(self, message: str, holder: Claim) -> None:
+        super().__init__(message)
+        self.holder = holder
+
 
 @dataclass(frozen=True)
 class BillingRun:
@@ -148,6 +216,7 @@ class BillingOutcome:
     run: BillingRun | None  # the run holding these lines (new, or the unchanged latest)
     previous: BillingRun | None  # the latest run before this one
     changes: tuple[LineChange, ...]
+    waited_for: Claim | None = None  # another run's claim this one waited for
 
     @property
     def reasons(self) -> list[str]:
@@ -255,23 +324,145 @@ def compare_lines(old: list[StatementLine], new: list[StatementLine]) -> list[Li
 
 
 def bill_statement(
-    client: Client, statement: Statement, *, now: datetime, record: bool = True
+    client: Client,
+    statement: Statement,
+    *,
+    now: datetime,
+    record: bool = True,
+    wait_seconds: float = DEFAULT_WAIT_SECONDS,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> BillingOutcome:
-    """Record `statement` as the next version of its period unless nothing changed."""
-    previous = latest_run(client, statement.period.label)
-    if previous is not None and (
-        previous.input_sha256 == statement.input_sha256
-        and previous.price_book_sha256 == statement.price_book_sha256
-    ):
-        return BillingOutcome("unchanged", statement, previous, previous, ())
-    old_lines = read_lines(client, previous) if previous is not None else []
-    changes = tuple(compare_lines(old_lines, list(statement.lines))) if previous else ()
-    if not record:
-        return BillingOutcome("not_recorded", statement, None, previous, changes)
-    run = _new_run(statement.period, statement, previous, now)
-    _write(client, run, statement)
-    status: OutcomeStatus = "recorded" if previous is None else "restated"
-    return BillingOutcome(status, statement, run, previous, changes)
+    """Record `statement` as the next version of its period unless nothing changed.
+
+    When another run holds the claim on that version, wait up to `wait_seconds` for it
+    to record, then compare again; past that, BillingBusyError names the holder.
+    """
+    deadline = clock() + wait_seconds
+    waited_for: Claim | None = None
+    while True:
+        previous = latest_run(client, statement.period.label)
+        if previous is not None and (
+            previous.input_sha256 == statement.input_sha256
+            and previous.price_book_sha256 == statement.price_book_sha256
+        ):
+            return BillingOutcome("unchanged", statement, previous, previous, (), waited_for)
+        old_lines = read_lines(client, previous) if previous is not None else []
+        changes = tuple(compare_lines(old_lines, list(statement.lines))) if previous else ()
+        if not record:
+            return BillingOutcome("not_recorded", statement, None, previous, changes)
+        version = 1 if previous is None else previous.version + 1
+        try:
+            claim = claim_version(
+                client, statement.period.label, version, lease_seconds=lease_seconds
+            )
+        except BillingBusyError as busy:
+            waited_for = busy.holder
+            if not _wait_for_version(client, busy.holder, deadline, clock, sleep):
+                raise BillingBusyError(
+                    f"{busy} It has not recorded version {version} within "
+                    f"{wait_seconds:g} s; this run recorded nothing. Run `metering bill` "
+                    "again once it has finished (if it died, its claim expires "
+                    f"{lease_seconds:g} s after it was made).",
+                    busy.holder,
+                ) from None
+            continue
+        _pause_after_claim()
+        run = _new_run(statement.period, statement, previous, now)
+        _write(client, run, statement, claim)
+        status: OutcomeStatus = "recorded" if previous is None else "restated"
+        return BillingOutcome(status, statement, run, previous, changes, waited_for)
+
+
+def claim_version(
+    client: Client, period: str, version: int, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+) -> Claim:
+    """Claim (period, version) for this run, or raise BillingBusyError naming the holder."""
+    attempt = 1
+    latest = _claims(client, period, version)
+    if latest:
+        holder, server_now = latest[0]
+        if _fresh(holder, server_now, lease_seconds):
+            raise _busy(holder)
+        attempt = holder.attempt + 1  # the holder died before recording: take over
+    claim_id = uuid.uuid4().hex
+    claimed_by = f"{socket.gethostname()}:{os.getpid()}"
+    client.insert(
+        "metering.billing_claims",
+        [[period, version, attempt, claim_id, claimed_by]],
+        column_names=_CLAIM_COLUMNS,
+        settings={
+            "insert_deduplicate": 1,
+            "insert_deduplication_token": f"billing-claim:{period}:v{version}:a{attempt}",
+        },
+    )
+    claims = _claims(client, period, version)
+    if not claims:
+        raise BillingError(
+            f"{period}: the claim on version {version} was not stored in "
+            "metering.billing_claims; check that the table exists (`metering migrate`)"
+        )
+    holder, _ = claims[0]
+    if holder.attempt != attempt or holder.claim_id != claim_id:
+        raise _busy(holder)
+    return holder
+
+
+def _claims(client: Client, period: str, version: int) -> list[tuple[Claim, datetime]]:
+    """The claims of (period, version): the holder of the latest attempt first."""
+    rows = client.query(_CLAIMS_SQL, parameters={"period": period, "version": version})
+    return [
+        (
+            Claim(period, version, int(row[0]), str(row[1]), str(row[2]), row[3]),
+            row[4],
+        )
+        for row in rows.result_rows
+    ]
+
+
+def _fresh(claim: Claim, server_now: datetime, lease_seconds: float) -> bool:
+    return (server_now - claim.claimed_at).total_seconds() < lease_seconds
+
+
+def _busy(holder: Claim) -> BillingBusyError:
+    return BillingBusyError(
+        f"{holder.period}: another `metering bill` holds version {holder.version} "
+        f"({holder.describe()}).",
+        holder,
+    )
+
+
+def _still_held(client: Client, claim: Claim) -> bool:
+    claims = _claims(client, claim.period, claim.version)
+    return bool(claims) and claims[0][0].claim_id == claim.claim_id
+
+
+def _wait_for_version(
+    client: Client,
+    holder: Claim,
+    deadline: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> bool:
+    """True once the holder's version is recorded (or its claim is gone), False at the
+    deadline."""
+    while True:
+        latest = latest_run(client, holder.period)
+        if latest is not None and latest.version >= holder.version:
+            return True
+        claims = _claims(client, holder.period, holder.version)
+        if claims and claims[0][0].claim_id != holder.claim_id:
+            return True  # taken over: compare again (and claim the next attempt)
+        if clock() >= deadline:
+            return False
+        sleep(min(0.5, max(0.0, deadline - clock())))
+
+
+def _pause_after_claim() -> None:
+    seconds = os.environ.get(PAUSE_AFTER_CLAIM_ENV, "").strip()
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def _new_run(
@@ -298,12 +489,20 @@ def _new_run(
     )
 
 
-def _write(client: Client, run: BillingRun, statement: Statement) -> None:
-    parameters = {"run_id": run.run_id}
-    if int(client.query(_ORPHAN_COUNT_SQL, parameters=parameters).result_rows[0][0]):
-        client.command(_ORPHAN_DELETE_SQL, parameters=parameters)
+def _write(client: Client, run: BillingRun, statement: Statement, claim: Claim) -> None:
     if not statement.lines:
         raise ValueError("an empty statement is never recorded")
+    recorded = latest_run(client, run.period)
+    if recorded is not None and recorded.version >= run.version:
+        raise BillingError(
+            f"{run.period}: version {recorded.version} was recorded ({recorded.run_id}) "
+            f"while this run held {claim.describe()}; nothing recorded: bill again"
+        )
+    _check_held(client, claim)
+    parameters = {"run_id": run.run_id}
+    if int(client.query(_ORPHAN_COUNT_SQL, parameters=parameters).result_rows[0][0]):
+        # Lines of a holder that died before its run row: only a holder deletes them.
+        client.command(_ORPHAN_DELETE_SQL, parameters=parameters)
     client.insert(
         "metering.billing_lines",
         [
@@ -329,4 +528,13 @@ def _write(client: Client, run: BillingRun, statement: Statement) -> None:
         ],
         column_names=_LINE_COLUMNS,
     )
+    _check_held(client, claim)
     client.insert("metering.billing_runs", [run.row()], column_names=_RUN_COLUMNS)
+
+
+def _check_held(client: Client, claim: Claim) -> None:
+    if not _still_held(client, claim):
+        raise BillingError(
+            f"{claim.period}: this run's claim on version {claim.version} ({claim.describe()}) "
+            f"was taken over after its lease expired; nothing recorded: bill again"
+        )

@@ -604,3 +604,58 @@ def test_a_model_missing_from_the_price_book_is_billed_with_exact_charges(
         ("state-dec", "0.00", "1.90"),
         ("fed-dec-pilot", "0.00", "0.02"),
     ]
+
+
+# ---------------------------------------------------------------------------------
+# Two `metering bill` runs for one period at once (FY2027: no other test bills it)
+
+
+def test_two_bill_runs_at_once_record_one_run_and_lose_no_line(corpus: MeteringRun) -> None:
+    command = [sys.executable, "-m", "metering.cli", "bill", "--fiscal-year", "2027"]
+    # Each run holds its claim 5 s before writing, so the two certainly overlap.
+    env = {**corpus.env, "METERING_FAULT_BILL_PAUSE_AFTER_CLAIM": "5"}
+    processes = [
+        subprocess.Popen(
+            [*command, "--format", "json"],
+            env=env,
+            cwd=corpus.workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(p.communicate(timeout=300), p.returncode) for p in processes]
+    for (_, stderr), code in results:
+        assert code == 0, stderr[-3000:]
+    outputs = [json.loads(out) for (out, _), _ in results]
+    recorded = [o for o in outputs if o["status"] == "recorded"]
+    waited = [o for o in outputs if o["status"] == "unchanged"]
+    assert (len(recorded), len(waited)) == (1, 1)
+    assert recorded[0]["run_id"] == waited[0]["run_id"] == "FY2027-v1"
+    assert recorded[0]["lines"] == waited[0]["lines"]
+    loser_stderr = next(err for (_, err), _ in results if "waited for it" in err)
+    [claim] = corpus.query(
+        "SELECT claim_id, claimed_by, version, attempt FROM metering.billing_claims "
+        "WHERE period = 'FY2027'"
+    )
+    assert (claim["version"], claim["attempt"]) == (1, 1)
+    assert (
+        f"another `metering bill` held version 1 of FY2027 (claim {claim['claim_id'][:12]} "
+        f"by {claim['claimed_by']} at "
+    ) in loser_stderr
+    assert "unchanged since run FY2027-v1 (version 1" in loser_stderr
+    # One run row; its lines are exactly one per (tenant, agency) of the fiscal year.
+    assert corpus.query(
+        "SELECT run_id, version, lines FROM metering.billing_runs WHERE period = 'FY2027'"
+    ) == [{"run_id": "FY2027-v1", "version": 1, "lines": len(recorded[0]["lines"])}]
+    [keys] = corpus.query(
+        "SELECT count() AS n FROM (SELECT DISTINCT tenant, agency_id, agency_level "
+        "FROM metering.agency_monthly WHERE month >= '2026-10-01' AND month < '2027-10-01')"
+    )
+    [stored] = corpus.query(
+        "SELECT count() AS n, uniqExact(tenant, agency_id, agency_level) AS keys "
+        "FROM metering.billing_lines WHERE run_id = 'FY2027-v1'"
+    )
+    assert stored == {"n": keys["n"], "keys": keys["n"]}
+    assert len(recorded[0]["lines"]) == keys["n"]
