@@ -237,10 +237,23 @@ def _bill(args: argparse.Namespace, settings: Settings) -> int:
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from metering.billing.reconcile import reconcile
     from metering.billing.render import render_reconciliation
+    from metering.kafka_retention import broker_earliest_offsets
 
+    try:  # offsets the broker deleted that no worker has reached yet
+        earliest: dict[int, int] | None = broker_earliest_offsets(settings, settings.events_topic)
+    except Exception as error:
+        earliest = None
+        print(
+            f"metering reconcile: could not read the earliest offsets of "
+            f"METERING_EVENTS_TOPIC={settings.events_topic} ({type(error).__name__}); only "
+            "expired offsets a worker recorded are shown",
+            file=sys.stderr,
+        )
     client = _open(settings)
     try:
-        result = reconcile(client, args.period)
+        result = reconcile(
+            client, args.period, events_topic=settings.events_topic, broker_earliest=earliest
+        )
     finally:
         client.close()
     print(render_reconciliation(result, args.format))

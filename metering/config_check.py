@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -34,6 +34,7 @@ __all__ = [
     "main",
     "mask_url",
     "render_configuration",
+    "retention_check",
     "run_config_command",
 ]
 
@@ -233,10 +234,36 @@ def add_config_command(subparsers: Any) -> None:
     )
 
 
+TopicConfigs = Callable[[Settings, str], dict[str, str] | None]
+
+
+def retention_check(settings: Settings, topic_configs: TopicConfigs | None = None) -> list[str]:
+    """Warnings about the events topic's retention against METERING_MAX_LATENESS_DAYS,
+    read from the broker (`metering.kafka_retention`); one warning if it cannot be read."""
+    from metering.kafka_retention import read_topic_configs, retention_warnings
+
+    read = topic_configs or read_topic_configs
+    try:
+        configs = read(settings, settings.events_topic)
+    except Exception as error:
+        return [
+            f"KAFKA_BOOTSTRAP_SERVERS: could not read the configuration of the events topic "
+            f"METERING_EVENTS_TOPIC={settings.events_topic} ({type(error).__name__}); its "
+            "retention was not compared with METERING_MAX_LATENESS_DAYS"
+        ]
+    return retention_warnings(settings, configs)
+
+
 def run_config_command(
-    args: argparse.Namespace, env: Mapping[str, str] | None = None
+    args: argparse.Namespace,
+    env: Mapping[str, str] | None = None,
+    topic_configs: TopicConfigs | None = None,
 ) -> int | None:
-    """Run `config --check`; None if `args` is another command."""
+    """Run `config --check`; None if `args` is another command.
+
+    Warnings (the events topic may delete events before the promised lateness) go to
+    stderr as `warning: ...` lines and do not change the exit status.
+    """
     if getattr(args, "command", None) != "config":
         return None
     source: Mapping[str, str] = os.environ if env is None else env
@@ -251,13 +278,19 @@ def run_config_command(
         raise SettingsError("invalid configuration:\n" + "\n".join(invalid))
     for line in render_configuration(settings, source):
         print(line)
+    for warning in retention_check(settings, topic_configs):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    topic_configs: TopicConfigs | None = None,
+) -> int:
     parser = argparse.ArgumentParser(prog="metering", description="Configuration check.")
     add_config_command(parser.add_subparsers(dest="command", required=True))
-    result = run_config_command(parser.parse_args(argv), env)
+    result = run_config_command(parser.parse_args(argv), env, topic_configs)
     return 0 if result is None else result
 
 

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     allow_ephemeral_store: Annotated[
         bool, Field(validation_alias=_env("METERING_ALLOW_EPHEMERAL_STORE"))
     ] = False
+    # The longest an event may arrive after it occurred and still be counted (CONTRACT:
+    # "however late"); the events topic must keep messages at least this long.
+    max_lateness_days: Annotated[
+        int, Field(validation_alias=_env("METERING_MAX_LATENESS_DAYS"), ge=1, le=36500)
+    ] = 35
     session_timeout_seconds: Annotated[
         float, Field(validation_alias=_env("METERING_SESSION_TIMEOUT_SECONDS"), ge=6, le=300)
     ] = 10.0

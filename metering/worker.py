@@ -26,6 +26,7 @@ from kafka.structs import TopicPartition
 from metering.config_check import ephemeral_store_problem
 from metering.health import WorkerHealth, start_health_server
 from metering.kafka_config import CONSUMER_ISOLATION, kafka_python_options
+from metering.kafka_retention import ExpiryRecorder, warn_if_retention_short, watching_expiry
 from metering.migrations import apply_migrations
 from metering.retention import apply_retention
 from metering.settings import Settings, SettingsError
@@ -82,6 +83,7 @@ def run_worker(
 async def _run(settings: Settings, until_idle: float | None, role: str) -> WorkerSummary:
     started = time.monotonic()
     ensure_topics(settings)
+    warn_if_retention_short(settings)
     metrics = Metrics()
     health = WorkerHealth(metrics, role, retry_max_seconds=settings.store_retry_max_seconds)
     health_watch = asyncio.create_task(health.watch())
@@ -163,13 +165,17 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             seen_ids=seen_ids,
         )
         positions = Positions(state.resume_offsets)
+        expiry = ExpiryRecorder(metrics, client, sink.run_on_store, worker_name)
+        await expiry.check_at_start(settings, state.resume_offsets)
         if role == "all":
             pipeline = MeteringPipeline(
                 sink,
                 positions,
                 metrics,
                 seek=seek,
-                earliest_offset=earliest_offset,
+                earliest_offset=watching_expiry(
+                    earliest_offset, positions.next_offset, expiry.report
+                ),
                 first_readable=gap_probe.first_readable,
             )
         else:

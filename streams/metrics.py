@@ -70,7 +70,7 @@ class Metrics:
         # Relay packages the store owner refused (malformed or forged), by reason.
         self.packages_rejected: _Tally[str] = _Tally()
         # Offsets the broker deleted before they were counted:
-        # (topic, partition) -> {first missing offset: how many were missing}.
+        # (topic, partition) -> {first missing offset: offset counting resumed at}.
         self._expired: dict[tuple[str, int], dict[int, int]] = {}
         self._expired_lock = threading.Lock()
         self.last_flush_seconds = 0.0
@@ -96,20 +96,24 @@ class Metrics:
         self, topic: str, partition: int, first_missing: int, resume_at: int
     ) -> bool:
         """Offsets first_missing .. resume_at - 1 of a partition are gone from the broker
-        and were never counted. Idempotent per (partition, first missing offset): the
-        start-up check and the pipeline may both see the same gap. True if new."""
+        and were never counted. One gap per (partition, first missing offset): the
+        start-up check and the pipeline may both see it, the second time perhaps with
+        more deleted; the furthest resume point counts. True if this changed anything."""
         if resume_at <= first_missing:
             return False
         with self._expired_lock:
             seen = self._expired.setdefault((topic, partition), {})
-            if first_missing in seen:
+            if seen.get(first_missing, first_missing) >= resume_at:
                 return False
-            seen[first_missing] = resume_at - first_missing
+            seen[first_missing] = resume_at
             return True
 
     def expired_offsets(self) -> dict[tuple[str, int], int]:
         with self._expired_lock:
-            return {key: sum(gaps.values()) for key, gaps in sorted(self._expired.items())}
+            return {
+                key: sum(resume - first for first, resume in gaps.items())
+                for key, gaps in sorted(self._expired.items())
+            }
 
     def summary(self) -> dict[str, object]:
         return {

@@ -10,12 +10,19 @@ agency_level) for messages, tokens_in and tokens_out, and for active users:
 A key missing from one source counts as zero there, so it shows up as a difference.
 Two store-wide checks come with it: every committed flush is folded into the
 rollups, and the ledger's counted total equals the rows in counted_events.
+
+Also store-wide, and shown without changing the verdict (nothing can be reconciled
+with messages that no longer exist): offsets the broker deleted before they were
+counted, as recorded by the worker (`metering.expired_offsets`) and, when the broker's
+earliest offsets are given, the gaps no worker has reached yet (earliest offset beyond
+the ledger's resume point). The counts of whatever periods those messages belonged to
+are short by at most that many messages.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,6 +31,8 @@ from clickhouse_connect.driver.client import Client
 from metering.billing.periods import Period
 from metering.billing.runs import BillingRun, latest_run, read_lines
 from metering.billing.statements import unapplied_flushes
+from metering.kafka_retention import Gap, expired_gaps, read_expired
+from streams.ledger_sql import RESUME_POSITIONS
 
 __all__ = ["MEASURES", "Comparison", "Reconciliation", "reconcile"]
 
@@ -121,6 +130,13 @@ class Reconciliation:
     ledger_counted: int
     counted_rows: int
     unapplied_flushes: int
+    expired: tuple[Gap, ...] = ()  # recorded by a worker
+    expired_pending: tuple[Gap, ...] = ()  # on the broker, not yet reached by a worker
+    broker_checked: bool = False  # whether the broker's earliest offsets were read
+
+    @property
+    def expired_messages(self) -> int:
+        return sum(g.messages for g in (*self.expired, *self.expired_pending))
 
     @property
     def differences(self) -> list[Comparison]:
@@ -135,7 +151,15 @@ class Reconciliation:
         )
 
 
-def reconcile(client: Client, period: Period) -> Reconciliation:
+def reconcile(
+    client: Client,
+    period: Period,
+    *,
+    events_topic: str | None = None,
+    broker_earliest: Mapping[int, int] | None = None,
+) -> Reconciliation:
+    """Compare the three sources for `period`; with `events_topic` and the broker's
+    earliest offset per partition of it, also the expired gaps no worker reached yet."""
     bounds = {"start": period.start, "end": period.end}
     events_agency: dict[AgencyKey, Figures] = {}
     for row in client.query(_EVENTS_BY_AGENCY_SQL, parameters=bounds).result_rows:
@@ -202,6 +226,19 @@ def reconcile(client: Client, period: Period) -> Reconciliation:
         for measure in MEASURES
     ]
     ledger_counted, counted_rows = client.query(_LEDGER_SQL).result_rows[0]
+    expired = read_expired(client)
+    pending: list[Gap] = []
+    checked = events_topic is not None and broker_earliest is not None
+    if events_topic is not None and broker_earliest is not None:
+        resume = {
+            (str(t), int(p)): int(n) for t, p, n in client.query(RESUME_POSITIONS).result_rows
+        }
+        known = {(g.topic, g.partition, g.first_missing) for g in expired}
+        pending = [
+            gap
+            for gap in expired_gaps(resume, events_topic, broker_earliest)
+            if (gap.topic, gap.partition, gap.first_missing) not in known
+        ]
     return Reconciliation(
         period=period,
         run=run,
@@ -210,6 +247,9 @@ def reconcile(client: Client, period: Period) -> Reconciliation:
         ledger_counted=int(ledger_counted or 0),
         counted_rows=int(counted_rows or 0),
         unapplied_flushes=unapplied_flushes(client),
+        expired=tuple(expired),
+        expired_pending=tuple(pending),
+        broker_checked=checked,
     )
 
 

@@ -17,6 +17,7 @@ import orjson
 from metering.billing.reconcile import Reconciliation
 from metering.billing.runs import BillingOutcome, LineChange
 from metering.billing.statements import STATEMENT_COLUMNS, Statement
+from metering.kafka_retention import Gap
 from metering.query import format_result
 
 __all__ = [
@@ -320,6 +321,10 @@ def render_reconciliation(result: Reconciliation, fmt: str) -> str:
                 "ledger_counted": result.ledger_counted,
                 "counted_rows": result.counted_rows,
                 "unapplied_flushes": result.unapplied_flushes,
+                "expired_offsets": [_gap(g) for g in result.expired],
+                "expired_offsets_pending": (
+                    [_gap(g) for g in result.expired_pending] if result.broker_checked else None
+                ),
             },
             option=orjson.OPT_INDENT_2,
         ).decode()
@@ -361,6 +366,7 @@ def render_reconciliation(result: Reconciliation, fmt: str) -> str:
         f"flushes committed but not yet in the rollups: {result.unapplied_flushes}"
         + ("" if result.unapplied_flushes == 0 else " (start the worker: recovery applies them)")
     )
+    out.extend(_expired_lines(result))
     if result.run is not None and any(
         c.billed is not None and c.billed != c.rollups for c in result.differences
     ):
@@ -376,3 +382,38 @@ def render_reconciliation(result: Reconciliation, fmt: str) -> str:
             f"NOT RECONCILED: {len(result.differences)} difference(s) for {result.period.label}"
         )
     return "\n".join(out)
+
+
+def _gap(gap: Gap) -> dict[str, Any]:
+    return {
+        "topic": gap.topic,
+        "partition": gap.partition,
+        "first_missing": gap.first_missing,
+        "last_missing": gap.resume_at - 1,
+        "messages": gap.messages,
+        "detected_at": None if gap.detected_at is None else gap.detected_at.isoformat(),
+        "worker": gap.worker or None,
+    }
+
+
+def _expired_lines(result: Reconciliation) -> list[str]:
+    gaps = [*result.expired, *result.expired_pending]
+    if not gaps:
+        checked = "" if result.broker_checked else " (the broker was not asked: only recorded gaps)"
+        return [f"offsets expired on the broker before they were counted: none{checked}"]
+    out = [
+        f"offsets expired on the broker before they were counted (all periods): "
+        f"{result.expired_messages:,} message(s) in {len(gaps)} gap(s); the counts of "
+        "their periods are short by at most that many"
+    ]
+    for gap in result.expired:
+        when = "" if gap.detected_at is None else f"{gap.detected_at:%Y-%m-%d %H:%M:%S} UTC"
+        out.append(f"  {gap.describe()}: recorded {when} by {gap.worker}")
+    for gap in result.expired_pending:
+        out.append(
+            f"  {gap.describe()}: on the broker now, no worker has resumed past it yet "
+            f"(its earliest offset is {gap.resume_at}, the ledger resumes at {gap.first_missing})"
+        )
+    if not result.broker_checked:
+        out.append("  (the broker was not asked: gaps no worker has reached are not shown)")
+    return out

@@ -279,3 +279,121 @@ def test_forged_relay_packages_are_refused_while_a_store_owner_runs(run: Meterin
         "SELECT count() AS n FROM metering.counted_events WHERE agency_id = 'fed-forged'"
     ) == [{"n": 0}]
     assert_exact(run)
+
+
+def _new_events(tag: str, count: int) -> str:
+    lines = []
+    for n in range(count):
+        lines.append(
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "event_id": f"9e1b7c2d-4a5f-4b6e-8c7d-{tag}{n:08d}",
+                    "occurred_at": "2026-11-20T10:00:00Z",
+                    "tenant": "chatgpt-gov",
+                    "agency_id": f"fed-expiry-{tag}-{n}",
+                    "agency_level": "federal",
+                    "user_id": f"u-expiry-{tag}-{n}",
+                    "conversation_id": "c-expiry",
+                    "model": "gpt-4o",
+                    "tokens_in": 10,
+                    "tokens_out": 5,
+                }
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _end_offsets(run: MeteringRun) -> dict[int, int]:
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    topic = run.env["METERING_EVENTS_TOPIC"]
+    consumer = KafkaConsumer(bootstrap_servers=run.env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        return {tp.partition: int(offset) for tp, offset in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+def _reconcile_json(run: MeteringRun) -> dict[str, Any]:
+    result = run.metering("reconcile", "--month", "2026-11", "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_offsets_deleted_before_they_were_counted_are_counted_and_shown_by_reconcile(
+    run: MeteringRun, tmp_path: Any
+) -> None:
+    from kafka.structs import TopicPartition
+
+    topic = run.env["METERING_EVENTS_TOPIC"]
+    # The topic is created keeping events one day, the deployment promises 35.
+    run.env.update({"METERING_TOPIC_RETENTION_HOURS": "24", "METERING_MAX_LATENESS_DAYS": "35"})
+    run.replay(CORPUS)
+    first = Worker(run, SMALL_BATCHES)
+    assert first.finish() == 0, first.output[-3000:]
+    [warned] = first.logged("the events topic may delete events before they are counted")
+    assert (warned["retention_ms"], warned["max_lateness_days"]) == ("86400000", 35)
+    assert (
+        "retention.ms=86400000 (1 days) is shorter than METERING_MAX_LATENESS_DAYS=35"
+        in (warned["warning"])
+    )
+
+    counted = _end_offsets(run)  # the ledger resumes here
+    deleted_batch, kept_batch = tmp_path / "deleted.jsonl", tmp_path / "kept.jsonl"
+    deleted_batch.write_text(_new_events("aaaa", 24))
+    kept_batch.write_text(_new_events("bbbb", 24))
+    run.replay(deleted_batch)
+    published = _end_offsets(run)
+    partition = max(published, key=lambda p: published[p] - counted[p])
+    lost = published[partition] - counted[partition]
+    assert lost >= 1, "no new event landed on any partition"
+    admin = KafkaAdminClient(bootstrap_servers=run.env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:  # what retention would do: the partition now starts after the new events
+        admin.delete_records({TopicPartition(topic, partition): published[partition]})
+    finally:
+        admin.close()
+    run.replay(kept_batch)
+
+    gap = {
+        "topic": topic,
+        "partition": partition,
+        "first_missing": counted[partition],
+        "last_missing": published[partition] - 1,
+        "messages": lost,
+    }
+    before = _reconcile_json(run)
+    assert before["expired_offsets"] == []
+    assert [
+        {k: g[k] for k in gap} | {"detected_at": g["detected_at"]}
+        for g in before["expired_offsets_pending"]
+    ] == [gap | {"detected_at": None}]
+
+    second = Worker(run, SMALL_BATCHES)
+    assert second.finish() == 0, second.output[-3000:]
+    [recorded] = second.logged(
+        "expired offsets counted and recorded: the broker deleted them uncounted"
+    )
+    assert (recorded["partition"], recorded["first_missing"], recorded["resume_at"]) == (
+        partition,
+        counted[partition],
+        published[partition],
+    )
+    [stopped] = second.logged("worker stopped")
+    assert stopped["offsets_expired"] == {f"{topic}[{partition}]": lost}
+
+    after = _reconcile_json(run)
+    assert after["expired_offsets_pending"] == []
+    assert [{k: g[k] for k in gap} for g in after["expired_offsets"]] == [gap]
+    assert after["ok"] is True
+    table = run.metering("reconcile", "--month", "2026-11")
+    assert (
+        f"  {topic}[{partition}] offsets {counted[partition]}..{published[partition] - 1} "
+        f"({lost:,} message(s)): recorded "
+    ) in table.stdout
+    # Everything else was counted: the corpus, the new events that survived, the rest.
+    rows = run.query("SELECT count() AS n FROM metering.counted_events")
+    assert rows == [{"n": 3539 + 24 - lost + 24}]

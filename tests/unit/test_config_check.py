@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from metering.config_check import check_configuration, main, mask_url
+from metering.kafka_retention import Gap, expired_gaps, retention_warnings, watching_expiry
+from metering.settings import Settings, load_settings
 
 GOOD_KEY = "ab" * 32
 
@@ -161,7 +163,7 @@ def test_an_in_memory_store_is_refused_for_a_store_writing_worker(url: str) -> N
 def test_the_worker_refuses_an_in_memory_store_before_it_touches_anything(
     tmp_path: Path,
 ) -> None:
-    from metering.settings import SettingsError, load_settings
+    from metering.settings import SettingsError
     from metering.worker import run_worker
 
     # A broker address nothing listens on: reaching Kafka would fail differently.
@@ -177,3 +179,111 @@ def test_the_worker_refuses_an_in_memory_store_before_it_touches_anything(
     ]
     with pytest.raises(SettingsError, match="in-memory store"):
         run_worker(settings, role="store-owner")
+
+
+# ---------------------------------------------------------------------------------
+# the retention guard: the events topic must keep events as long as they may be late
+
+
+def _settings(**values: object) -> Settings:
+    return load_settings(**values)
+
+
+def test_a_retention_shorter_than_the_promised_lateness_is_warned_with_both_numbers() -> None:
+    settings = _settings(events_topic="usage.events", max_lateness_days=35)
+    [warning] = retention_warnings(settings, {"retention.ms": "86400000", "retention.bytes": "-1"})
+    assert warning == (
+        "METERING_EVENTS_TOPIC=usage.events: retention.ms=86400000 (1 days) is shorter than "
+        "METERING_MAX_LATENESS_DAYS=35 (3024000000 ms): Kafka deletes events before a late one "
+        "can be counted, or while a worker is down for that long; raise the topic's "
+        "retention.ms to at least 3024000000 (kafka-configs.sh --alter --entity-type topics "
+        "--entity-name usage.events --add-config retention.ms=3024000000), or set "
+        "METERING_MAX_LATENESS_DAYS to the lateness the deployment really promises"
+    )
+    assert retention_warnings(settings, {"retention.ms": "3024000000"}) == []
+    assert retention_warnings(settings, {"retention.ms": "-1"}) == []
+    assert retention_warnings(_settings(max_lateness_days=1), {"retention.ms": "86400000"}) == []
+
+
+def test_size_retention_and_compaction_are_warned_too() -> None:
+    settings = _settings()
+    warnings = retention_warnings(
+        settings,
+        {"retention.ms": "-1", "retention.bytes": "1073741824", "cleanup.policy": "compact,delete"},
+    )
+    assert [w.split(":", 1)[1].split(" ")[1] for w in warnings] == [
+        "retention.bytes=1073741824",
+        "cleanup.policy=compact,delete",
+    ]
+
+
+def test_a_topic_the_worker_will_create_is_judged_by_its_retention_setting() -> None:
+    assert retention_warnings(_settings(), None) == []  # 1008 hours = 42 days >= 35
+    [warning] = retention_warnings(_settings(topic_retention_hours=24), None)
+    assert warning.startswith(
+        "METERING_TOPIC_RETENTION_HOURS=24 (1 days) is shorter than "
+        "METERING_MAX_LATENESS_DAYS=35 (3024000000 ms): the events topic usage.events does "
+        "not exist yet"
+    )
+    assert warning.endswith("raise METERING_TOPIC_RETENTION_HOURS to at least 840")
+    assert retention_warnings(_settings(topic_retention_hours=-1), None) == []
+
+
+def test_config_check_prints_retention_warnings_and_still_exits_0(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    asked: list[str] = []
+
+    def configs(settings: Settings, topic: str) -> dict[str, str] | None:
+        asked.append(topic)
+        return {"retention.ms": "604800000"}
+
+    env = {"CLICKHOUSE_URL": "http://clickhouse:8123", "METERING_EVENTS_TOPIC": "gov.events"}
+    assert main(["config", "--check"], env, topic_configs=configs) == 0
+    assert asked == ["gov.events"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: METERING_EVENTS_TOPIC=gov.events: retention.ms=604800000 (7 days) is shorter "
+        "than METERING_MAX_LATENESS_DAYS=35 (3024000000 ms): Kafka deletes events before a "
+        "late one can be counted, or while a worker is down for that long; raise the topic's "
+        "retention.ms to at least 3024000000 (kafka-configs.sh --alter --entity-type topics "
+        "--entity-name gov.events --add-config retention.ms=3024000000), or set "
+        "METERING_MAX_LATENESS_DAYS to the lateness the deployment really promises"
+    ]
+
+    def unreachable(settings: Settings, topic: str) -> dict[str, str] | None:
+        raise ConnectionError("no broker")
+
+    assert main(["config", "--check"], env, topic_configs=unreachable) == 0
+    assert capsys.readouterr().err == (
+        "warning: KAFKA_BOOTSTRAP_SERVERS: could not read the configuration of the events "
+        "topic METERING_EVENTS_TOPIC=gov.events (ConnectionError); its retention was not "
+        "compared with METERING_MAX_LATENESS_DAYS\n"
+    )
+
+
+def test_gaps_are_partitions_whose_earliest_offset_passed_the_ledger() -> None:
+    resume = {("usage.events", 0): 100, ("usage.events", 1): 50, ("other", 2): 5}
+    gaps = expired_gaps(resume, "usage.events", {0: 130, 1: 50, 2: 7})
+    assert gaps == [Gap("usage.events", 0, 100, 130)]  # partition 2: nothing counted yet
+    assert gaps[0].describe() == "usage.events[0] offsets 100..129 (30 message(s))"
+
+
+def test_the_pipeline_earliest_offset_reports_a_gap_before_resuming_past_it() -> None:
+    import asyncio
+
+    reported: list[Gap] = []
+    nexts = {("t", 0): 10, ("t", 1): 3}
+
+    async def earliest(topic: str, partition: int) -> int:
+        return {0: 25, 1: 3, 2: 9}[partition]
+
+    async def report(gap: Gap) -> None:
+        reported.append(gap)
+
+    async def run() -> list[int]:
+        watched = watching_expiry(earliest, lambda t, p: nexts.get((t, p)), report)
+        return [await watched("t", p) for p in (0, 1, 2)]
+
+    assert asyncio.run(run()) == [25, 3, 9]
+    assert reported == [Gap("t", 0, 10, 25)]

@@ -603,6 +603,8 @@ def test_metrics_text_lists_failures_by_cause_packages_and_expired_offsets() -> 
     assert metrics.record_expired("usage.events", 2, 100, 130)
     assert not metrics.record_expired("usage.events", 2, 100, 130)  # the same gap, seen again
     assert metrics.record_expired("usage.events", 2, 200, 205)
+    assert metrics.record_expired("usage.events", 2, 200, 210)  # more deleted since
+    assert not metrics.record_expired("usage.events", 2, 200, 207)
     text = metrics.prometheus()
     block = text[
         text.index("# TYPE govmeter_store_errors_total") : text.index(
@@ -626,11 +628,11 @@ def test_metrics_text_lists_failures_by_cause_packages_and_expired_offsets() -> 
         "# TYPE govmeter_packages_rejected_total counter\n"
         'govmeter_packages_rejected_total{reason="invalid_json"} 2\n'
         "# TYPE govmeter_offsets_expired_total counter\n"
-        'govmeter_offsets_expired_total{topic="usage.events",partition="2"} 35\n'
+        'govmeter_offsets_expired_total{topic="usage.events",partition="2"} 40\n'
     )
     summary = metrics.summary()
     assert summary["store_errors_by_cause"] == {"TOO_MANY_PARTS": 2, "TypeError": 1}
-    assert summary["offsets_expired"] == {"usage.events[2]": 35}
+    assert summary["offsets_expired"] == {"usage.events[2]": 40}  # 100..129 and 200..209
 
 
 def _constant(state: dict[str, object]) -> Callable[[], dict[str, object]]:
