@@ -140,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from metering.logs import configure_logging
 
-    configure_logging()
+    try:
+        configure_logging()
+    except ValueError as error:  # METERING_LOG_FORMAT names a format that does not exist
+        print(f"metering: {error}", file=sys.stderr)
+        return 2
     from metering.config_check import run_config_command
 
     configured = run_config_command(args)
@@ -205,13 +209,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 0
     if command == "query":
-        from metering.migrations import apply_migrations
+        from metering.open_store import open_for_reading
         from metering.query import format_result, run_query
-        from metering.store import connect
 
-        client = connect(settings.clickhouse_url)
-        apply_migrations(client, settings.effective_clickhouse_mode, settings.clickhouse_cluster)
-        columns, rows = run_query(client, args.sql)
+        client = open_for_reading(settings, schema=False)
+        try:
+            columns, rows = run_query(client, args.sql)
+        finally:
+            client.close()
         print(format_result(columns, rows, args.format))
         return 0
     if command == "simulate":
@@ -222,13 +227,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return print_headline(settings, args.day)
     if command == "migrate":
         from metering.migrations import apply_migrations
-        from metering.store import connect
+        from store import connect
 
-        applied = apply_migrations(
-            connect(settings.clickhouse_url),
-            settings.effective_clickhouse_mode,
-            settings.clickhouse_cluster,
-        )
+        client = connect(settings.clickhouse_url)
+        try:
+            applied = apply_migrations(
+                client, settings.effective_clickhouse_mode, settings.clickhouse_cluster
+            )
+        finally:
+            client.close()
         print(f"applied {len(applied)} migration(s)")
         return 0
     raise AssertionError(command)

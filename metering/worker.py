@@ -27,11 +27,12 @@ from metering.config_check import ephemeral_store_problem
 from metering.health import WorkerHealth, start_health_server
 from metering.kafka_config import CONSUMER_ISOLATION, kafka_python_options
 from metering.kafka_retention import ExpiryRecorder, warn_if_retention_short, watching_expiry
-from metering.migrations import apply_migrations
+from metering.open_store import open_for_writing
 from metering.retention import apply_retention
 from metering.settings import Settings, SettingsError
-from metering.store import connect, describe_store
 from metering.topics import ensure_topics
+from metering.worker_progress import show_worker_progress
+from store import describe_store
 from streams import ledger_sql
 from streams.app import (
     FaustDeadLetterPublisher,
@@ -121,8 +122,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             metrics,
         )
     else:
-        client = connect(settings.clickhouse_url)
-        apply_migrations(client, settings.effective_clickhouse_mode, settings.clickhouse_cluster)
+        client = open_for_writing(settings)
         apply_retention(
             client,
             settings.raw_retention_days,
@@ -192,6 +192,11 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         settings, metrics, health, intake.lag if intake is not None else None
     )
 
+    progress = (
+        asyncio.create_task(show_worker_progress(metrics, intake.lag))
+        if until_idle is not None and intake is not None
+        else None
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -228,6 +233,9 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     await app.stop()
     if watcher is not None:
         watcher.cancel()
+    if progress is not None:
+        progress.cancel()
+        await asyncio.gather(progress, return_exceptions=True)
     health_watch.cancel()
     if health_server is not None:
         await health_server.cleanup()
