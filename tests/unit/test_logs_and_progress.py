@@ -9,7 +9,6 @@ import logging
 
 import pytest
 
-from metering import progress as progress_module
 from metering.logs import HumanFormatter, JsonFormatter, log_format
 from metering.progress import Progress
 
@@ -61,7 +60,7 @@ def test_without_a_terminal_progress_prints_rarely_and_once_at_the_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = iter([0.0, 1.0, 2.0, 11.0, 12.0, 25.0, 26.0])
-    monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr("metering.progress.time.monotonic", lambda: next(clock))
     out = io.StringIO()
     progress = Progress("replay", total=6000, stream=out)  # started at 0
     for _ in range(5):  # at 1, 2, 11, 12, 25 s
