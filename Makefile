@@ -50,14 +50,28 @@ demo: setup kafka-start clickhouse-start
 	@echo "  $(BIN)/metering report adoption --month $(shell echo $(DEMO_DAY) | cut -c1-7)"
 	@echo "  a worker that keeps running while you query: $(BIN)/metering worker"
 
-test: setup
+test: setup accessibility-setup
 	$(BIN)/python -m pytest tests
 
 unit: setup
 	$(BIN)/python -m pytest tests/unit
 
-integration: setup
+integration: setup accessibility-setup
 	$(BIN)/python -m pytest tests/integration
+
+# The page tests (tests/accessibility, tests/integration/test_oversight_page.py) need
+# Debian's chromium and axe-core from tests/accessibility/package-lock.json.
+.PHONY: accessibility-setup
+accessibility-setup: tests/accessibility/node_modules/axe-core/axe.min.js
+	@command -v chromium >/dev/null || (apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) || \
+		{ echo "accessibility-setup: cannot install chromium (apt-get, as root)" >&2; exit 1; }
+
+tests/accessibility/node_modules/axe-core/axe.min.js: tests/accessibility/package-lock.json
+	@command -v npm >/dev/null || \
+		{ echo "accessibility-setup: npm is needed to install axe-core (Node.js 18+)" >&2; exit 1; }
+	npm ci --prefix tests/accessibility --no-audit --no-fund
+	touch $@
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""The billing and oversight commands: `bill`, `reconcile`, `report adoption`, `access`.
+"""The billing and oversight commands: `bill`, `reconcile`, `report adoption`, `access`,
+`export`, `serve` (the live oversight page).
 
 `metering.cli` adds them with `add_reporting_commands` and runs them with
 `run_reporting_command`.
@@ -22,7 +23,7 @@ from metering.settings import Settings
 
 __all__ = ["COMMANDS", "add_reporting_commands", "run_reporting_command"]
 
-COMMANDS: Final = ("bill", "reconcile", "report", "access", "export")
+COMMANDS: Final = ("bill", "reconcile", "report", "access", "export", "serve")
 
 
 def _period_type(parse: Any) -> Any:
@@ -154,6 +155,37 @@ def add_reporting_commands(subparsers: Any) -> None:
         help="write the user as a users.d file into DIR instead (e.g. the directory "
         "docker-compose.yml mounts as the server's users.d)",
     )
+    _add_serve_command(subparsers)
+
+
+def _add_serve_command(subparsers: Any) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="the adoption report as a live web page, read as the read-only reporter "
+        "(agency users sign in and see their agency only)",
+    )
+    _store_option(serve)
+    serve.add_argument(
+        "--host",
+        dest="serve_host",
+        help="address to listen on (env METERING_SERVE_HOST, 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--port",
+        dest="serve_port",
+        type=int,
+        help="port to listen on (env METERING_SERVE_PORT, 8080)",
+    )
+    serve.add_argument(
+        "--min-cell-users",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="suppress figures describing fewer than N active users (10)",
+    )
+    serve.add_argument(
+        "--top", type=_positive_int, default=10, help="agencies ranked per tenant (10)"
+    )
 
 
 def run_reporting_command(args: argparse.Namespace, settings: Settings) -> int | None:
@@ -173,6 +205,8 @@ def run_reporting_command(args: argparse.Namespace, settings: Settings) -> int |
             return _report(args, settings)
         if args.command == "export":
             return _export(args, settings)
+        if args.command == "serve":
+            return _serve(args, settings)
         return _access(args, settings)
     except (PriceBookError, BillingError, AccessError) as error:
         print(f"metering {args.command}: {error}", file=sys.stderr)
@@ -296,6 +330,35 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     files = json.loads(manifest.read_text())["files"]
     rows = ", ".join(f"{f['name']} {f['rows']}" for f in files)
     print(f"exported {args.period.describe()} to {args.out} ({rows} rows); manifest {manifest}")
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from metering.migrations import MigrationError, check_schema_current
+    from metering.oversight.web import ServeOptions, build_app
+    from metering.oversight.web_store import StoreEndpoint, WebStoreError
+
+    try:
+        endpoint = StoreEndpoint.from_settings(settings)
+        client = endpoint.connect(endpoint.reporter)  # the reporter can sign in, or say so
+        try:
+            check_schema_current(client)
+        finally:
+            client.close()
+    except (WebStoreError, MigrationError) as error:
+        print(f"metering serve: {error}", file=sys.stderr)
+        return 1
+    app = build_app(endpoint, ServeOptions(args.min_cell_users, args.top))
+    host, port = settings.serve_host, settings.serve_port
+    print(
+        f"metering serve: the oversight page is on http://{host}:{port}/ (store "
+        f"{endpoint.describe()} read as {endpoint.reporter.user}; agency users sign in at "
+        "/login)",
+        flush=True,
+    )
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
     return 0
 
 

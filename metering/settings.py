@@ -135,6 +135,20 @@ class Settings(BaseSettings):
         Literal["none", "gzip", "snappy", "lz4", "zstd"],
         Field(validation_alias=_env("METERING_REPLAY_COMPRESSION")),
     ] = "none"
+    # `metering serve` reads the store in CLICKHOUSE_URL as this read-only user; without
+    # a password, the local server's own reporter.password when CLICKHOUSE_URL is it.
+    reporter_user: Annotated[
+        str, Field(validation_alias=_env("CLICKHOUSE_REPORTER_USER"), min_length=1)
+    ] = "reporter"
+    reporter_password: Annotated[
+        SecretStr | None, Field(validation_alias=_env("CLICKHOUSE_REPORTER_PASSWORD"))
+    ] = None
+    serve_host: Annotated[
+        str, Field(validation_alias=_env("METERING_SERVE_HOST"), min_length=1)
+    ] = "127.0.0.1"
+    serve_port: Annotated[
+        int, Field(validation_alias=_env("METERING_SERVE_PORT"), ge=1, le=65535)
+    ] = 8080
 
     @field_validator("dedupe_filter_mb")
     @classmethod
