@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     topic_retention_hours: Annotated[
         int, Field(validation_alias=_env("METERING_TOPIC_RETENTION_HOURS"), ge=-1)
     ] = 1008
+    # The local server of infra/clickhouse/start (CONTRACT section 4), or any server.
     clickhouse_url: Annotated[str, Field(validation_alias=_env("CLICKHOUSE_URL"))] = (
-        "chdb://./var/clickhouse"
+        "http://127.0.0.1:8123"
     )
     # None: inferred from CLICKHOUSE_URL (see effective_clickhouse_mode).
     clickhouse_mode: Annotated[
