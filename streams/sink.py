@@ -272,7 +272,7 @@ class ClickHouseSink:
     def _already_counted(self, ids: Sequence[str]) -> set[str]:
         if not ids:
             return set()
-        rows = self._client.query(ledger_sql.ALREADY_COUNTED, parameters={"ids": list(ids)})
+        rows = self._client.query(ledger_sql.already_counted_sql(ids))
         return {str(row[0]) for row in rows.result_rows}
 
     def _insert(
