@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -175,7 +175,7 @@ _CHILD: dict[str, Callable[[Path, str, str], int]] = {
 class Contender:
     key: str  # a child contender's name, "kcat", or "replay"
     name: str
-    compression: str | None = None  # replay rows: the codec (else --compression)
+    compression: str = "none"  # the codec of kcat and metering replay rows
 
 
 CONTENDERS = (  # kcat and metering replay first: the ratio compares neighbours in time
@@ -200,9 +200,22 @@ class Row:
         return self.record.exited - self.record.spawned if self.record else None
 
 
-def _argv(key: str, path: Path, topic: str, bootstrap: str) -> list[str]:
+def _argv(key: str, path: Path, topic: str, bootstrap: str, compression: str) -> list[str]:
     if key == "kcat":
-        return ["kcat", "-P", "-b", bootstrap, "-t", topic, "-l", str(path), "-X", "acks=all"]
+        codec = [] if compression == "none" else ["-z", compression]
+        return [
+            "kcat",
+            "-P",
+            "-b",
+            bootstrap,
+            "-t",
+            topic,
+            "-l",
+            str(path),
+            "-X",
+            "acks=all",
+            *codec,
+        ]
     if key == "replay":  # the topic and codec come from the environment, as for a user
         return [sys.executable, "-m", "metering.cli", "replay", str(path)]
     return [
@@ -228,7 +241,6 @@ def _run_row(
     bootstrap: str,
     topic: str,
     partitions: int,
-    compression: str,
     timeout: float,
     log_path: Path,
 ) -> Row:
@@ -243,10 +255,10 @@ def _run_row(
         "METERING_DLQ_TOPIC": f"{topic}.dlq",
         "METERING_RELAY_TOPIC": f"{topic}.relay",
         "METERING_TOPIC_PARTITIONS": str(partitions),
-        "METERING_REPLAY_COMPRESSION": contender.compression or compression,
+        "METERING_REPLAY_COMPRESSION": contender.compression,
     }
     record = run_process(
-        _argv(contender.key, path, topic, bootstrap),
+        _argv(contender.key, path, topic, bootstrap, contender.compression),
         env=env,
         cwd=_REPO,
         timeout=timeout,
@@ -265,18 +277,35 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 def format_rows(rows: Sequence[Row], messages: int) -> str:
-    """A Markdown table: rate and CPU of each row, and its rate against kcat's."""
-    kcat = next((r for r in rows if r.contender.key == "kcat" and r.status == "OK"), None)
-    kcat_rate = messages / kcat.seconds if kcat is not None and kcat.seconds else None
-    header = ("contender", "result", "wall s", "messages/s", "CPU s", "vs kcat", "other load")
+    """A Markdown table: rate and CPU of each row, and its rate against kcat's.
+
+    A row is compared with the kcat row of its codec (uncompressed rows with plain kcat).
+    """
+    kcat_rates = {
+        r.contender.compression: messages / r.seconds
+        for r in rows
+        if r.contender.key == "kcat" and r.status == "OK" and r.seconds
+    }
+    header = (
+        "contender",
+        "codec",
+        "result",
+        "wall s",
+        "messages/s",
+        "CPU s",
+        "vs kcat",
+        "other load",
+    )
     body = []
     for row in rows:
         ok = row.status == "OK" and row.record is not None and row.seconds
         rate = messages / row.seconds if ok and row.seconds else None
         record = row.record
+        kcat_rate = kcat_rates.get(row.contender.compression)
         body.append(
             (
                 row.contender.name,
+                row.contender.compression,
                 row.status,
                 _num(row.seconds) if ok else "-",
                 _num(rate, 0),
@@ -291,7 +320,7 @@ def format_rows(rows: Sequence[Row], messages: int) -> str:
         return (
             "| "
             + " | ".join(
-                c.ljust(w) if i < 2 else c.rjust(w)
+                c.ljust(w) if i < 3 else c.rjust(w)
                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))
             )
             + " |"
@@ -366,12 +395,12 @@ def _parser() -> argparse.ArgumentParser:
         "--compression",
         default="none",
         choices=("none", "gzip", "snappy", "lz4", "zstd"),
-        help="codec of the metering replay row",
+        help="codec of the kcat and metering replay rows",
     )
     parser.add_argument(
         "--also-codecs",
         default="",
-        help="extra metering replay rows, one per codec, e.g. lz4,zstd",
+        help="extra kcat and metering replay rows, one pair per codec, e.g. lz4,zstd",
     )
     parser.add_argument("--timeout", type=float, default=600, help="per contender, seconds")
     parser.add_argument("--work-dir", type=Path, help="default: a temporary directory")
@@ -416,8 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.contender is not None:
         return _child(args)
-    wanted = [c for c in CONTENDERS if c.key in set(args.only.split(","))]
-    for codec in filter(None, args.also_codecs.split(",")):
+    wanted = [
+        replace(c, compression=args.compression) if c.key in ("kcat", "replay") else c
+        for c in CONTENDERS
+        if c.key in set(args.only.split(","))
+    ]
+    for codec in filter(None, args.also_codecs.split(",")):  # kcat, then replay, per codec
+        wanted.append(Contender("kcat", f"kcat -z {codec}", codec))
         wanted.append(Contender("replay", f"metering replay --compression {codec}", codec))
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="govmeter-bench-replay-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -442,7 +476,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.bootstrap,
                 f"{run_id}-{number}-{contender.key}",
                 args.partitions,
-                args.compression,
                 args.timeout,
                 work / f"{number}-{contender.key}.log",
             )
@@ -459,8 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"partitions, broker {args.bootstrap}, {os.cpu_count()} CPUs ({_cpu_model()}), "
         f"commit {_commit()}\n"
         f"kcat {_kcat_version()}, kafka-python {_version('kafka-python')}, aiokafka "
-        f"{_version('aiokafka')}, confluent-kafka {_version('confluent-kafka')}, "
-        f"metering replay compression {args.compression}\n"
+        f"{_version('aiokafka')}, confluent-kafka {_version('confluent-kafka')}\n"
     )
     print(format_rows(rows, expected))
     if args.json_out is not None:
@@ -470,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     {
                         "key": r.contender.key,
                         "name": r.contender.name,
+                        "codec": r.contender.compression,
                         "status": r.status,
                         "detail": r.detail,
                         "messages": expected,
