@@ -12,6 +12,8 @@ from uuid import UUID
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from metering.text_table import text_table
+
 __all__ = ["FORMATS", "format_result", "run_query"]
 
 FORMATS = ("table", "csv", "json")
@@ -47,20 +49,12 @@ def format_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> 
         writer.writerow(columns)
         writer.writerows(plain_rows)
         return out.getvalue().rstrip("\n")
-    cells = [[str(c) for c in columns]] + [
-        ["" if v is None else str(v) for v in r] for r in plain_rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     numeric = [
         all(isinstance(r[i], (int, float, Decimal)) for r in plain_rows) and bool(plain_rows)
         for i in range(len(columns))
     ]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(
-            cell.rjust(w) if num else cell.ljust(w)
-            for cell, w, num in zip(row, widths, numeric, strict=True)
-        ).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+    return text_table(
+        [str(c) for c in columns],
+        [["" if v is None else str(v) for v in r] for r in plain_rows],
+        numeric,
+    )

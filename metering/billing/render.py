@@ -19,6 +19,7 @@ from metering.billing.runs import BillingOutcome, LineChange
 from metering.billing.statements import STATEMENT_COLUMNS, Statement
 from metering.kafka_retention import Gap
 from metering.query import format_result
+from metering.text_table import text_table
 
 __all__ = [
     "render_changes",
@@ -56,17 +57,9 @@ _TABLE_COLUMNS: Final = [
 _TABLE_TEXT_COLUMNS: Final = {"tenant", "agency_id", "agency_level", "plan"}
 
 
-def text_table(headers: list[str], rows: list[list[str]], text_columns: set[str]) -> str:
+def _aligned_table(headers: list[str], rows: list[list[str]], text_columns: set[str]) -> str:
     """Aligned columns: text left, numbers right."""
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            cell.ljust(width) if header in text_columns else cell.rjust(width)
-            for cell, width, header in zip(cells, widths, headers, strict=True)
-        ).rstrip()
-
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, rows)])
+    return text_table(headers, rows, [header not in text_columns for header in headers])
 
 
 def _cell(value: Any) -> str:
@@ -114,10 +107,10 @@ def render_statement(outcome: BillingOutcome, fmt: str, price_book: str) -> str:
     )
     out = [
         f"Statement {statement.period.describe()}, amounts in USD",
-        text_table(_TABLE_COLUMNS, lines, _TABLE_TEXT_COLUMNS),
+        _aligned_table(_TABLE_COLUMNS, lines, _TABLE_TEXT_COLUMNS),
         "",
         "Totals",
-        text_table(
+        _aligned_table(
             ["tenant", "lines", "messages", "charge_usd", "list_value_usd"],
             totals,
             {"tenant"},

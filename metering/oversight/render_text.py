@@ -15,6 +15,7 @@ from typing import Any, Final
 import orjson
 
 from metering.oversight.suppression import Cell, PublishedReport, PublishedTenant
+from metering.text_table import text_table
 
 __all__ = [
     "CSV_COLUMNS",
@@ -178,15 +179,7 @@ def _figures(cell: Cell, n: int) -> list[str]:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right_from: int) -> str:
     """Columns from index `right_from` on are numbers: right-aligned."""
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i >= right_from else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, rows)])
+    return text_table(headers, rows, [i >= right_from for i in range(len(headers))])
 
 
 _MEASURE_HEADERS: Final = ["agencies", "active_users", "messages", "tokens_in", "tokens_out"]
