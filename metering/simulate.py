@@ -34,7 +34,6 @@ import heapq
 import itertools
 import math
 import random
-import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,20 +46,17 @@ from typing import Protocol
 
 import orjson
 
+from schemas.events import AGENCY_LEVELS, SCHEMA_VERSION, TENANT
+
 __all__ = [
     "FEATURES",
-    "LEVELS",
     "MODELS",
-    "SCHEMA_VERSION",
     "SimulationPlan",
     "SimulationStats",
     "generate_events",
     "population_stats",
     "write_jsonl",
 ]
-
-SCHEMA_VERSION = 1
-LEVELS: tuple[str, ...] = ("federal", "state", "local")
 
 # name, share of messages, median tokens_in, median tokens_out
 MODELS: tuple[tuple[str, float, int, int], ...] = (
@@ -84,7 +80,6 @@ _SIGMA_IN = 0.95
 _SIGMA_OUT = 0.75
 _Z_BITS = 14
 
-_TENANT_RE = re.compile(r"[a-z0-9-]{1,64}")
 _HOUR_MS = 3_600_000
 _SLICE_MAX = 8192
 _DUP_MAX_DELAY = 200
@@ -172,7 +167,7 @@ class SimulationPlan:
         _check(self.users >= self.agencies, "users must be >= agencies")
         _check(len(self.tenants) >= 1, "at least one tenant is required")
         for name, share in self.tenants:
-            _check(_TENANT_RE.fullmatch(name) is not None, f"invalid tenant {name!r}")
+            _check(TENANT.fullmatch(name) is not None, f"invalid tenant {name!r}")
             _check(share > 0, f"tenant share must be > 0: {name!r}")
         _check(0.0 <= self.duplicate_rate <= 1.0, "duplicate_rate must be in [0, 1]")
         _check(0.0 <= self.late_rate <= 1.0, "late_rate must be in [0, 1]")
@@ -349,8 +344,8 @@ def _build_population(key: _PopulationKey) -> _Population:
 def population_stats(plan: SimulationPlan) -> SimulationStats:
     """Summarise the agencies and users a plan simulates (no events are generated)."""
     agencies = _build_population(_population_key(plan)).agencies
-    by_level = {level: 0 for level in LEVELS}
-    users_by_level = {level: 0 for level in LEVELS}
+    by_level = {level: 0 for level in AGENCY_LEVELS}
+    users_by_level = {level: 0 for level in AGENCY_LEVELS}
     by_tenant = {name: 0 for name, _ in plan.tenants}
     by_offset = {offset: 0 for offset in _TZ_OFFSETS}
     for agency in agencies:

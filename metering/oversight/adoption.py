@@ -16,10 +16,9 @@ from typing import Any, Final
 from clickhouse_connect.driver.client import Client
 
 from metering.billing.periods import Period
+from schemas.events import AGENCY_LEVELS
 
-__all__ = ["LEVEL_ORDER", "Adoption", "UsageRow", "read_adoption"]
-
-LEVEL_ORDER: Final = ("federal", "state", "local")
+__all__ = ["Adoption", "UsageRow", "read_adoption"]
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,11 @@ def read_adoption(client: Client, period: Period, agency: str | None) -> Adoptio
 
     levels = sorted(
         rows(_LEVELS_SQL),
-        key=lambda r: (r.tenant, LEVEL_ORDER.index(r.key) if r.key in LEVEL_ORDER else 9, r.key),
+        key=lambda r: (
+            r.tenant,
+            AGENCY_LEVELS.index(r.key) if r.key in AGENCY_LEVELS else 9,
+            r.key,
+        ),
     )
     latest = client.query(_DATA_THROUGH_SQL).result_rows[0][0]
     return Adoption(

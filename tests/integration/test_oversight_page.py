@@ -30,9 +30,10 @@ import clickhouse_connect
 import pytest
 
 from metering.billing.periods import Period, fiscal_year, month
-from metering.oversight.adoption import LEVEL_ORDER, Adoption, UsageRow
+from metering.oversight.adoption import Adoption, UsageRow
 from metering.oversight.render_text import share_pct
 from metering.oversight.suppression import Cell, PublishedReport, publish
+from schemas.events import AGENCY_LEVELS
 from tests.accessibility.browser import axe_source, browser, chromium, headless
 from tests.accessibility.page_dom import PageNumbers, read_numbers
 from tests.accessibility.png import read_png
@@ -220,7 +221,7 @@ def _expected(run: MeteringRun, period: Period, agency: str | None) -> Published
         period=period,
         agency=agency,
         tenants=tenants,
-        levels=tuple(sorted(levels, key=lambda r: (r.tenant, LEVEL_ORDER.index(r.key)))),
+        levels=tuple(sorted(levels, key=lambda r: (r.tenant, AGENCY_LEVELS.index(r.key)))),
         agencies=agencies,
         models=tuple(sorted(models, key=lambda r: (r.tenant, -r.tokens, r.key))),
         days=by_day,
