@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from metering.billing.periods import month as parse_month
 from metering.oversight import adoption
+from metering.periods import month as parse_month
 from store import connect
 
 __all__ = ["main"]

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from metering.billing.periods import Period, PeriodError, fiscal_quarter, fiscal_year, month
+from metering.periods import Period, PeriodError, fiscal_quarter, fiscal_year, month
 from metering.settings import Settings
 
 __all__ = ["COMMANDS", "add_reporting_commands", "run_reporting_command"]

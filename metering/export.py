@@ -23,7 +23,7 @@ from typing import Final, Literal
 
 from clickhouse_connect.driver.client import Client
 
-from metering.billing.periods import Period
+from metering.periods import Period
 
 __all__ = ["EXPORTS", "ExportFormat", "ExportedFile", "export_period"]
 

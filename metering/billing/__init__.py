@@ -1,3 +1,3 @@
-"""Billing: price book, periods, statements, recorded billing runs and reconciliation."""
+"""Billing: price book, statements, recorded billing runs and reconciliation."""
 
 __all__: list[str] = []

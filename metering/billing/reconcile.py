@@ -28,10 +28,10 @@ from typing import Any, Final
 
 from clickhouse_connect.driver.client import Client
 
-from metering.billing.periods import Period
 from metering.billing.runs import BillingRun, latest_run, read_lines
 from metering.billing.statements import unapplied_flushes
 from metering.kafka_retention import Gap, expired_gaps, read_expired
+from metering.periods import Period
 from streams.ledger_sql import RESUME_POSITIONS
 
 __all__ = ["MEASURES", "Comparison", "Reconciliation", "reconcile"]

@@ -43,8 +43,8 @@ from typing import Any, Final, Literal
 
 from clickhouse_connect.driver.client import Client
 
-from metering.billing.periods import Period
 from metering.billing.statements import BillingError, LineKey, Statement, StatementLine
+from metering.periods import Period
 
 __all__ = [
     "COMPARED_FIELDS",

@@ -27,8 +27,8 @@ from typing import Any, Final
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from metering.billing.periods import Period
 from metering.billing.pricebook import PriceBook, PriceBookError
+from metering.periods import Period
 
 __all__ = [
     "STATEMENT_COLUMNS",

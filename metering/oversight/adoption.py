@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from clickhouse_connect.driver.client import Client
 
-from metering.billing.periods import Period
+from metering.periods import Period
 from schemas.events import AGENCY_LEVELS
 
 __all__ = ["Adoption", "UsageRow", "read_adoption"]

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Final, Literal
 
-from metering.billing.periods import Period
 from metering.oversight.adoption import Adoption, UsageRow
+from metering.periods import Period
 
 __all__ = [
     "DEFAULT_MIN_CELL_USERS",

@@ -28,7 +28,6 @@ from typing import Any, Final
 from aiohttp import BasicAuth, web
 from clickhouse_connect.driver.client import Client
 
-from metering.billing.periods import PeriodError, fiscal_year_of
 from metering.oversight.adoption import read_adoption
 from metering.oversight.suppression import publish
 from metering.oversight.web_page import (
@@ -49,6 +48,7 @@ from metering.oversight.web_store import (
     data_months,
     period_agencies,
 )
+from metering.periods import PeriodError, fiscal_year_of
 from schemas.events import AGENCY_ID
 
 __all__ = ["ServeOptions", "build_app"]

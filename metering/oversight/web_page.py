@@ -16,15 +16,15 @@ from html import escape
 from typing import Final
 from urllib.parse import quote, urlencode
 
-from metering.billing.periods import (
+from metering.oversight.render_html import page_document, report_body, report_header
+from metering.oversight.suppression import PublishedReport
+from metering.periods import (
     Period,
     PeriodError,
     fiscal_year,
     fiscal_year_of,
     month,
 )
-from metering.oversight.render_html import page_document, report_body, report_header
-from metering.oversight.suppression import PublishedReport
 
 __all__ = [
     "FISCAL_MONTHS",

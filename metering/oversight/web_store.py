@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from metering.billing.periods import Period
+from metering.periods import Period
 from metering.settings import Settings
 from schemas.events import AGENCY_ID
 

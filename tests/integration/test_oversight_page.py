@@ -29,10 +29,10 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
-from metering.billing.periods import Period, fiscal_year, month
 from metering.oversight.adoption import Adoption, UsageRow
 from metering.oversight.render_text import share_pct
 from metering.oversight.suppression import Cell, PublishedReport, publish
+from metering.periods import Period, fiscal_year, month
 from schemas.events import AGENCY_LEVELS
 from tests.accessibility.browser import axe_source, browser, chromium, headless
 from tests.accessibility.page_dom import PageNumbers, read_numbers

@@ -15,10 +15,10 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from metering.billing import runs
-from metering.billing.periods import month
 from metering.billing.runs import BillingBusyError, bill_statement, claim_version, latest_run
 from metering.billing.statements import BillingError, Statement, StatementLine
 from metering.migrations import apply_migrations
+from metering.periods import month
 from store import connect
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)

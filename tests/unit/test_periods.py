@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from metering.billing.periods import (
+from metering.periods import (
     PeriodError,
     add_months,
     fiscal_quarter,

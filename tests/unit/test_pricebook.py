@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from metering.billing.periods import fiscal_quarter, month
 from metering.billing.pricebook import (
     DEFAULT_PRICE_BOOK,
     PriceBookError,
@@ -25,6 +24,7 @@ from metering.billing.statements import (
     price_statement,
     to_cents,
 )
+from metering.periods import fiscal_quarter, month
 from metering.simulate import MODELS as SIMULATED_MODELS
 
 CORPUS = Path(__file__).resolve().parents[1] / "replay/corpus.jsonl"

@@ -10,10 +10,10 @@ from collections import Counter
 from datetime import date, timedelta
 from html.parser import HTMLParser
 
-from metering.billing.periods import fiscal_year, month
 from metering.oversight.adoption import Adoption, UsageRow
 from metering.oversight.render_html import LEVEL_COLOURS, render_html, report_body
 from metering.oversight.suppression import PublishedReport, publish
+from metering.periods import fiscal_year, month
 from tests.accessibility.page_dom import read_numbers
 
 SECRET = 7  # the users of the one small agency: never on the page

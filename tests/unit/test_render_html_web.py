@@ -12,7 +12,6 @@ from datetime import date
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from metering.billing.periods import PeriodError
 from metering.oversight.web import ServeOptions, build_app
 from metering.oversight.web_page import (
     PageContext,
@@ -28,6 +27,7 @@ from metering.oversight.web_store import (
     WebStoreError,
     agency_of_user,
 )
+from metering.periods import PeriodError
 from metering.settings import load_settings
 from tests.unit.test_render_html import sample, tags
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from datetime import date
 
-from metering.billing.periods import month
 from metering.oversight.adoption import Adoption, UsageRow
 from metering.oversight.render_html import render_html
 from metering.oversight.render_text import render_csv, render_json, render_table
 from metering.oversight.suppression import Cell, publish, suppress
+from metering.periods import month
 
 
 def row(
