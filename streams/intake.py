@@ -19,10 +19,10 @@ and after it. The start is known only when the intake itself put the consumer th
 (the seek of an assignment, a seek back) or a previous read of this intake left it
 there; aiokafka returns a partition's records contiguously from its position, so
 offsets in a span that came back without a record were skipped by the broker, and
-the pipeline accepts them. A partition whose start is not known (records that
-arrived while an assignment was still being positioned) goes without a span and is
-judged record by record. Reads across a rebalance are dropped: after an assignment
-every partition starts again where the store says.
+the pipeline accepts them. A partition whose start is not known, and every partition
+of a batch read while partitions were being (re)assigned (some of its records may
+come from before the assignment's seeks), goes without a span and is judged record
+by record.
 
 The offsets committed to Kafka after a flush are the ends of its ledger ranges (the
 consumer's positions, past any trailing marker), never more than the ledger holds.
@@ -169,7 +169,7 @@ class BatchIntake:
                         await self._handle(messages)
                     await self._commit(self._moved_ends(read))
                     continue
-                if not messages and not read.moved:
+                if not messages and not read.moved and not self._beyond_store(read):
                     await self._finish(in_flight)
                     in_flight = None
                     continue
@@ -199,8 +199,7 @@ class BatchIntake:
         statements and a part per table).
 
         The span of a partition runs from where this intake knew the consumer stood
-        when the batch began to its position after the last read; records read before
-        an assignment changed are dropped (the new assignment repositions everything).
+        when the batch began to its position after the last read.
         """
         settings = self._settings
         wanted = settings.batch_max_events
@@ -216,11 +215,6 @@ class BatchIntake:
             else:
                 timeout_ms = max(1, int((deadline - loop.time()) * 1000))
             more: Records = await consumer.getmany(timeout_ms=timeout_ms, max_records=wanted - got)
-            if self._assignments != assignments:
-                assignments = self._assignments
-                starts = dict(self._at)  # where the assignment put each partition
-                read = _Read()
-                got = 0
             for tp, batch in more.items():
                 read.records.setdefault(tp, []).extend(batch)
                 got += len(batch)
@@ -234,12 +228,32 @@ class BatchIntake:
                 deadline = loop.time() + settings.batch_min_seconds
             if got >= wanted or deadline - loop.time() <= 0:
                 break
+        if self._assignments != assignments:
+            # Partitions were (re)assigned and positioned during the read: some records
+            # may come from before that, so no span is known; the pipeline judges this
+            # batch record by record. The next batch starts where this one left off.
+            return read
         read.spans = {
             (tp.topic, tp.partition): Span(start, read.ends[tp])
             for tp, start in starts.items()
             if tp in read.ends and tp in self._at
         }
         return read
+
+    def _beyond_store(self, read: _Read) -> bool:
+        """Does a partition stand beyond where the store resumes it, without having moved?
+
+        It happens after a batch judged without spans that ended before trailing
+        markers: the consumer is past them, the ledger not yet. The pipeline confirms
+        the gap with the broker and moves the ledger up to the consumer (or seeks back).
+        """
+        if self.resume_offset is None:
+            return False
+        for (topic, partition), span in read.spans.items():
+            resume = self.resume_offset(topic, partition)
+            if resume is not None and span.start > resume:
+                return True
+        return False
 
     @staticmethod
     async def _positions(consumer: AIOKafkaConsumer) -> Offsets:

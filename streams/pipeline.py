@@ -16,9 +16,10 @@ on what the intake knows:
   - the batch intake gives a `Span` per partition: where the consumer stood before
     the read (a position the intake set, or where its previous read ended) and after
     it. A read that started at or before the resume point accounts for everything
-    up to its end; one that started beyond it skipped messages: seek back. A read
-    may move a partition without a single record (only markers): the batch is then
-    flushed with no message, so the ledger reaches the end of the partition.
+    up to its end; one that started beyond it skipped messages: seek back, unless
+    the broker confirms it has no committed record in between (`first_readable`).
+    A read may move a partition without a single record (only markers): the batch
+    is then flushed with no message, so the ledger reaches the end of the partition.
   - the agent intake gives records only. A jump between two records delivered one
     after the other in the batch is inside one read; a jump at a partition's first
     record is confirmed with the broker (`first_readable`: which record a
@@ -134,8 +135,14 @@ class MeteringPipeline:
         for tp in sorted(by_partition.keys() | spans.keys()):
             records = by_partition.get(tp, [])
             span = spans.get(tp)
-            if not records and (span is None or span.end <= span.start):
-                continue
+            if not records:
+                # Nothing read and nothing moved: only a read that stands beyond the
+                # resume point still needs judging (the ledger has to reach it).
+                known = self.positions.next_offset(*tp)
+                if span is None or (
+                    span.end <= span.start and (known is None or span.start <= known)
+                ):
+                    continue
             if self.positions.next_offset(*tp) is None:
                 # Nothing of this partition was ever counted in this store: it starts at
                 # the earliest offset the broker still has, wherever the consumer group's
@@ -168,15 +175,20 @@ class MeteringPipeline:
             if earliest > expected:
                 self.positions.accept_from(*tp, earliest)
                 expected = earliest
+        resume_from = expected
         if span.start > expected:
-            await self._seek_back(tp, expected, span.start)
-            return [], expected
+            if not await self._nothing_readable(tp, expected, span.start):
+                await self._seek_back(tp, expected, span.start)
+                return [], expected
+            # The broker has no committed record before the read's start (e.g. the
+            # previous batch had no span and ended before a trailing marker).
+            self.positions.accept_from(*tp, span.start)
         verdict = self.positions.admit_span(*tp, span, [m.offset for m in records])
         if verdict.verdict is Admission.GAP:  # excluded above; a proper error if not
             raise PositionError(f"{tp[0]}[{tp[1]}]: read from {span.start} after {expected}")
         if verdict.already_counted:
             self.metrics.already_counted_skipped.inc(verdict.already_counted)
-        return list(records[verdict.already_counted :]), verdict.resume_from
+        return list(records[verdict.already_counted :]), min(resume_from, verdict.resume_from)
 
     async def _admit_records(
         self, tp: TP, records: Sequence[SourceMessage]
@@ -212,6 +224,13 @@ class MeteringPipeline:
                 self.metrics.already_counted_skipped.inc()
             previous = message.offset
         return admitted, resume_from
+
+    async def _nothing_readable(self, tp: TP, start: int, end: int) -> bool:
+        """Does a read_committed read from `start` find no record before `end`?"""
+        if self._first_readable is None:
+            return False
+        first = await self._first_readable(*tp, start, end - 1)
+        return first is not None and first >= end
 
     async def _broker_skips(self, tp: TP, expected: int, offset: int) -> bool:
         """Does a read_committed read from `expected` return `offset` as its first record?"""

@@ -268,6 +268,33 @@ def test_pipeline_seeks_back_when_a_read_started_beyond_the_resume_point() -> No
     assert broker.seeks == [(0, 10)]
 
 
+@pytest.mark.parametrize(("first_readable", "accepted"), [(12, True), (13, True), (11, False)])
+def test_pipeline_asks_the_broker_before_seeking_back_from_a_read_beyond_the_resume_point(
+    first_readable: int, accepted: bool
+) -> None:
+    """A read from 12 when the store resumes at 10: fine if the broker has no committed
+    record at 10 or 11 (its first one is 12 or later), a skipped message otherwise."""
+    broker = FakeBroker(first_readable=first_readable)
+    batch = admit(broker, {(T, 0): 10}, [13], {(T, 0): Span(12, 14)})
+    assert broker.asked == [(0, 10, 11)]
+    if accepted:
+        assert only_range(batch) == (10, 13, 1)
+        assert broker.seeks == []
+    else:
+        assert batch is None
+        assert broker.seeks == [(0, 10)]
+
+
+def test_pipeline_moves_the_ledger_up_to_a_consumer_that_stands_past_trailing_markers() -> None:
+    """The last batch had no span and ended at 30; the consumer stands at 32 (two
+    markers) and reads nothing more: the broker confirms, the ledger covers 30-31."""
+    broker = FakeBroker(first_readable=32)
+    batch = admit(broker, {(T, 0): 30}, [], {(T, 0): Span(32, 32)})
+    assert only_range(batch) == (30, 31, 0)
+    assert broker.asked == [(0, 30, 31)]
+    assert admit(FakeBroker(), {(T, 0): 32}, [], {(T, 0): Span(32, 32)}) is None
+
+
 def test_pipeline_starts_the_range_after_offsets_that_expired_uncounted() -> None:
     """A consumer reset past the resume point by retention: the hole stays visible."""
     broker = FakeBroker(earliest=25)
