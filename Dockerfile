@@ -4,6 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY streams ./streams
+COPY store ./store
 # metering/ goes in whole; the worker never imports metering.simulate (the image keeps it
 # for `metering simulate --to-kafka` against the compose broker).
 COPY metering ./metering

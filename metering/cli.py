@@ -226,8 +226,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return print_headline(settings, args.day)
     if command == "migrate":
-        from metering.migrations import apply_migrations
         from store import connect
+        from store.migrations import apply_migrations
 
         client = connect(settings.clickhouse_url)
         try:

@@ -1,8 +1,8 @@
 """`metering ddl`: print the schema's full DDL for one ClickHouse deployment.
 
 `metering ddl --mode embedded|server|cluster [--cluster NAME]` renders every
-migration in `schemas/sql/` the way `metering migrate` would run it on that
-deployment (`schemas/ddl.py`), ready for `clickhouse-client --multiquery`. It opens
+migration in `store/sql/` the way `metering migrate` would run it on that
+deployment (`store/ddl.py`), ready for `clickhouse-client --multiquery`. It opens
 no store and needs no other configuration. In cluster mode the name comes from
 `--cluster`, else from CLICKHOUSE_CLUSTER.
 
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from schemas.ddl import MODES, DDLError, check_cluster
+from store.ddl import MODES, DDLError, check_cluster
 
 __all__ = ["add_ddl_command", "main", "run_ddl_command"]
 
@@ -51,7 +51,7 @@ def run_ddl_command(args: argparse.Namespace, env: Mapping[str, str] | None = No
     """Print the DDL; None if `args` is another command, 2 for an unusable mode or name."""
     if getattr(args, "command", None) != "ddl":
         return None
-    from metering.migrations import MigrationError, render_migrations
+    from store.migrations import MigrationError, render_migrations
 
     source: Mapping[str, str] = os.environ if env is None else env
     mode = args.ddl_mode

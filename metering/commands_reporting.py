@@ -336,9 +336,9 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
-    from metering.migrations import MigrationError, check_schema_current
     from metering.oversight.web import ServeOptions, build_app
     from metering.oversight.web_store import StoreEndpoint, WebStoreError
+    from store.migrations import MigrationError, check_schema_current
 
     try:
         endpoint = StoreEndpoint.from_settings(settings)

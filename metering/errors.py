@@ -8,11 +8,11 @@ __all__ = ["explain"]
 def explain(error: BaseException) -> str | None:
     from kafka.errors import KafkaError
 
-    from metering.migrations import MigrationError
     from metering.replay import ReplayError
     from metering.topics import KafkaUnavailableError
     from metering.worker import IntakeError
     from store import StoreError
+    from store.migrations import MigrationError
 
     if isinstance(
         error, (StoreError, MigrationError, ReplayError, KafkaUnavailableError, IntakeError)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from clickhouse_connect.driver.client import Client
 
-from metering.migrations import apply_migrations, check_schema_current
 from metering.settings import Settings
 from store import connect
+from store.migrations import apply_migrations, check_schema_current
 
 __all__ = ["open_for_reading", "open_for_writing"]
 

@@ -15,7 +15,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.ddl import CLUSTER_NAME, DeploymentMode
+from store.ddl import CLUSTER_NAME, DeploymentMode
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 

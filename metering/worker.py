@@ -28,12 +28,12 @@ from metering.health import WorkerHealth, start_health_server
 from metering.kafka_config import CONSUMER_ISOLATION, kafka_python_options
 from metering.kafka_retention import ExpiryRecorder, warn_if_retention_short, watching_expiry
 from metering.open_store import open_for_writing
-from metering.retention import apply_retention
 from metering.settings import Settings, SettingsError
 from metering.topics import ensure_topics
 from metering.worker_progress import show_worker_progress
 from store import describe_store
-from streams import ledger_sql
+from store.ledger import Ledger, recover
+from store.retention import apply_retention
 from streams.app import (
     FaustDeadLetterPublisher,
     FaustPackagePublisher,
@@ -45,7 +45,6 @@ from streams.intake import BatchIntake, CommittedReadProbe
 from streams.metrics import Metrics
 from streams.pipeline import MeteringPipeline
 from streams.positions import Positions
-from streams.recovery import recover
 from streams.relay import NoDeadLetters, ProcessorPipeline, StoreOwnerPipeline
 from streams.seen_ids import load_from_store
 from streams.sink import ClickHouseSink
@@ -130,7 +129,8 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             if settings.effective_clickhouse_mode == "cluster"
             else None,
         )
-        state = recover(client)
+        ledger = Ledger(client)
+        state = recover(ledger)
         log.info(
             "store ready",
             extra={
@@ -144,7 +144,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         seen_ids = None
         if settings.dedupe_filter_mb:
             began = time.monotonic()
-            seen_ids = load_from_store(client, settings.dedupe_filter_mb)
+            seen_ids = load_from_store(ledger, settings.dedupe_filter_mb)
             log.info(
                 "dedupe filter loaded",
                 extra={
@@ -154,7 +154,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
                 },
             )
         sink = ClickHouseSink(
-            client,
+            ledger,
             FaustDeadLetterPublisher(app, settings.dlq_topic) if role == "all" else NoDeadLetters(),
             next_flush_seq=state.next_flush_seq,
             worker=worker_name,
@@ -398,13 +398,12 @@ async def _stop_when_idle(
             quiet_for = time.monotonic() - pipeline.last_activity
             if pipeline.busy or quiet_for < idle_seconds:
                 continue
-            ledger = await sink.run_on_store(
-                lambda: {
-                    int(p): int(n)
-                    for t, p, n in sink.client.query(ledger_sql.RESUME_POSITIONS).result_rows
-                    if str(t) == settings.events_topic
-                }
-            )
+            positions = await sink.run_on_store(sink.ledger.resume_positions)
+            ledger = {
+                partition: offset
+                for (topic, partition), offset in positions.items()
+                if topic == settings.events_topic
+            }
             behind = await _probe(probe, probe.behind, settings.events_topic, ledger)
             if behind == {} and not pipeline.busy:
                 log.info("idle and fully flushed; stopping", extra={"idle_seconds": idle_seconds})

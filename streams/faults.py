@@ -7,7 +7,7 @@ Set from the environment so a real worker process can be told to die:
                                              starting when the 2nd flush begins
 
 Steps: after_lookup, after_stage, after_dead_letters, after_commit,
-after_apply_<rollup> for each rollup in `streams.ledger_sql.APPLY_ROLLUPS`, after_apply.
+after_apply_<rollup> for each rollup in `store.ledger.APPLY_ROLLUPS`, after_apply.
 """
 
 from __future__ import annotations

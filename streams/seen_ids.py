@@ -25,8 +25,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
-from clickhouse_connect.driver.client import Client
+
+from store.ledger import Ledger
 
 __all__ = ["Halves", "SeenIdFilter", "id_halves", "load_from_store"]
 
@@ -34,16 +34,6 @@ _HASHES: Final = 3
 _U64 = np.uint64
 Halves = npt.NDArray[np.uint64]
 
-# The two 64-bit halves of each committed id, as little-endian reads of the id's 16
-# big-endian bytes (RFC 4122 order), which is what `id_halves` computes in Python.
-_COMMITTED_ID_HALVES: Final = """
-SELECT reinterpretAsUInt64(substring(UUIDStringToNum(toString(event_id)), 1, 8)) AS high,
-       reinterpretAsUInt64(substring(UUIDStringToNum(toString(event_id)), 9, 8)) AS low
-FROM metering.counted_events
-WHERE flush_seq >= {first:UInt64} AND flush_seq < {stop:UInt64}
-  AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
-"""
-_FLUSH_RANGE: Final = "SELECT count(), min(flush_seq), max(flush_seq) FROM metering.flush_ledger"
 _FLUSHES_PER_PAGE: Final = 100
 
 
@@ -107,19 +97,15 @@ class SeenIdFilter:
 
 
 def load_from_store(
-    client: Client, size_mib: int, flushes_per_page: int = _FLUSHES_PER_PAGE
+    ledger: Ledger, size_mib: int, flushes_per_page: int = _FLUSHES_PER_PAGE
 ) -> SeenIdFilter:
     """A filter holding every id of every committed flush, read a page of flushes at a time."""
     seen = SeenIdFilter(size_mib)
-    flushes, first, last = client.query(_FLUSH_RANGE).result_rows[0]
+    flushes, first, last = ledger.committed_flush_range()
     if not flushes:
         return seen
-    for page in range(int(first), int(last) + 1, flushes_per_page):
-        table: pa.Table = client.query_arrow(
-            _COMMITTED_ID_HALVES,
-            parameters={"first": page, "stop": page + flushes_per_page},
-            use_strings=False,
-        )
+    for page in range(first, last + 1, flushes_per_page):
+        table = ledger.committed_id_halves(page, page + flushes_per_page)
         if table.num_rows == 0:
             continue
         halves = np.column_stack(

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,9 +38,8 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
-from clickhouse_connect.driver.client import Client
 
-from streams import ledger_sql
+from store.ledger import COUNTED_EVENT_COLUMNS, Ledger
 from streams.batch import ClassifiedBatch, ValidMessage
 from streams.dead_letter import DeadLetterPublisher, dead_letter_for
 from streams.faults import FaultPlan
@@ -86,7 +85,7 @@ class ClickHouseSink:
 
     def __init__(
         self,
-        client: Client,
+        ledger: Ledger,
         dead_letters: DeadLetterPublisher,
         *,
         next_flush_seq: int,
@@ -98,7 +97,7 @@ class ClickHouseSink:
         metrics: Metrics | None = None,
         seen_ids: SeenIdFilter | None = None,
     ) -> None:
-        self._client = client
+        self._ledger = ledger
         self._dead_letters = dead_letters
         self._next_seq = next_flush_seq
         self._worker = worker
@@ -119,8 +118,8 @@ class ClickHouseSink:
         self._thread.shutdown(wait=True)
 
     @property
-    def client(self) -> Client:
-        return self._client
+    def ledger(self) -> Ledger:
+        return self._ledger
 
     async def run_on_store(self, call: Callable[[], T]) -> T:
         """Run a store call on the sink's thread (serialised with flushes)."""
@@ -154,21 +153,14 @@ class ClickHouseSink:
         if new:
             await self._store(
                 "stage counted events",
-                lambda: self._insert_columns(
-                    "metering.counted_events",
-                    counted_events_table(new, seq, now),
-                    f"{token}-events",
+                lambda: self._ledger.stage_counted_events(
+                    counted_events_table(new, seq, now), f"{token}-events"
                 ),
             )
         if rejection_rows:
             await self._store(
                 "stage rejections",
-                lambda: self._insert(
-                    "metering.rejections_log",
-                    rejection_rows,
-                    ledger_sql.REJECTION_COLUMNS,
-                    f"{token}-rejections",
-                ),
+                lambda: self._ledger.stage_rejections(rejection_rows, f"{token}-rejections"),
             )
         self._faults.maybe_crash("after_stage", seq)
         lap("stage")
@@ -202,10 +194,7 @@ class ClickHouseSink:
             for r in batch.ranges.values()
         ]
         await self._store(
-            "commit flush",
-            lambda: self._insert(
-                "metering.flush_ledger", ledger_rows, ledger_sql.LEDGER_COLUMNS, f"{token}-ledger"
-            ),
+            "commit flush", lambda: self._ledger.commit(ledger_rows, f"{token}-ledger")
         )
         if self._seen_ids is not None:
             self._seen_ids.add(lookup.new_halves)
@@ -213,7 +202,12 @@ class ClickHouseSink:
         lap("commit")
 
         # 5 and 6. Fold the flush into the rollups, then mark it applied.
-        await self._store("apply rollups", lambda: apply_flush(self._client, seq, self._faults))
+        await self._store(
+            "apply rollups",
+            lambda: self._ledger.apply(
+                seq, after_each=lambda name: self._faults.maybe_crash(f"after_apply_{name}", seq)
+            ),
+        )
         self._faults.maybe_crash("after_apply", seq)
         lap("apply")
 
@@ -253,7 +247,7 @@ class ClickHouseSink:
         else:
             maybe = self._seen_ids.maybe_seen(halves).tolist()
             ask = [event_id for event_id, flagged in zip(ids, maybe, strict=True) if flagged]
-        already = self._already_counted(ask)
+        already = self._ledger.already_counted(ask)
         if not already:  # the common case: one count per partition, no per-event split
             per_partition = Counter((v.source.topic, v.source.partition) for v in batch.valid)
             for key, counted in per_partition.items():
@@ -268,31 +262,6 @@ class ClickHouseSink:
             else:
                 batch.range_of(valid.source).duplicates += 1
         return _Lookup(new, halves[np.array(is_new, dtype=np.bool_)], len(ask))
-
-    def _already_counted(self, ids: Sequence[str]) -> set[str]:
-        if not ids:
-            return set()
-        rows = self._client.query(ledger_sql.already_counted_sql(ids))
-        return {str(row[0]) for row in rows.result_rows}
-
-    def _insert(
-        self, table: str, rows: list[list[Any]], columns: Sequence[str], token: str
-    ) -> None:
-        self._faults.maybe_fail_store()
-        self._client.insert(
-            table,
-            rows,
-            column_names=list(columns),
-            settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
-        )
-
-    def _insert_columns(self, table: str, columns: pa.Table, token: str) -> None:
-        self._faults.maybe_fail_store()
-        self._client.insert_arrow(
-            table,
-            columns,
-            settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
-        )
 
     async def _store(self, what: str, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -386,24 +355,6 @@ class ClickHouseSink:
         return DeadLetterFailureError(message)
 
 
-def apply_flush(
-    client: Client,
-    seq: int,
-    faults: FaultPlan | None = None,
-    rollups: Iterable[str] = tuple(ledger_sql.APPLY_ROLLUPS),
-) -> None:
-    """Steps 5 and 6 for one committed flush; safe to repeat (tokens deduplicate)."""
-    for name in rollups:
-        client.command(ledger_sql.apply_rollup_sql(name, seq), parameters={"flush_seq": seq})
-        if faults is not None:
-            faults.maybe_crash(f"after_apply_{name}", seq)
-    client.insert(
-        ledger_sql.MARK_APPLIED,
-        [[seq, datetime.now(UTC)]],
-        column_names=["flush_seq", "applied_at"],
-    )
-
-
 _UTC_MILLISECONDS = pa.timestamp("ms", tz="UTC")
 
 
@@ -432,11 +383,11 @@ def counted_events_table(new: Sequence[ValidMessage], seq: int, now: datetime) -
         "flush_seq": pa.repeat(pa.scalar(seq, pa.uint64()), rows),
         "ingested_at": pa.repeat(pa.scalar(now, _UTC_MILLISECONDS), rows),
     }
-    if tuple(columns) != ledger_sql.COUNTED_EVENT_COLUMNS:
+    if tuple(columns) != COUNTED_EVENT_COLUMNS:
         raise RuntimeError(
             "counted_events_table builds columns "
-            f"{list(columns)}, but streams/ledger_sql.py COUNTED_EVENT_COLUMNS lists "
-            f"{list(ledger_sql.COUNTED_EVENT_COLUMNS)}: make the two agree"
+            f"{list(columns)}, but store/ledger/sql.py COUNTED_EVENT_COLUMNS lists "
+            f"{list(COUNTED_EVENT_COLUMNS)}: make the two agree"
         )
     return pa.table(columns)
 

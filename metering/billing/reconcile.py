@@ -32,7 +32,8 @@ from metering.billing.runs import BillingRun, latest_run, read_lines
 from metering.billing.statements import unapplied_flushes
 from metering.kafka_retention import Gap, expired_gaps, read_expired
 from metering.periods import Period
-from streams.ledger_sql import RESUME_POSITIONS
+from store.ledger import Ledger
+from store.ledger.sql import COMMITTED_EVENTS
 
 __all__ = ["MEASURES", "Comparison", "Reconciliation", "reconcile"]
 
@@ -44,25 +45,33 @@ AgencyKey = tuple[str, str, str]
 # Events counted in the period, per agency: rows of committed flushes only (rows of a
 # flush that never reached the ledger are orphans that recovery deletes). toDate()
 # of the UTC column is the UTC day, the same expression the rollups are built with.
-_EVENTS_BY_AGENCY_SQL: Final = """
+_EVENTS_BY_AGENCY_SQL: Final = (
+    """
 SELECT tenant, agency_id, toString(agency_level) AS agency_level,
        count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
        uniqExact(user_id) AS active_users
 FROM metering.counted_events
 WHERE toDate(occurred_at) >= {start:Date} AND toDate(occurred_at) < {end:Date}
-  AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
+  AND """
+    + COMMITTED_EVENTS
+    + """
 GROUP BY tenant, agency_id, agency_level
 """
+)
 
 # The same per tenant: distinct users across all of the tenant's agencies.
-_EVENTS_BY_TENANT_SQL: Final = """
+_EVENTS_BY_TENANT_SQL: Final = (
+    """
 SELECT tenant, count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
        uniqExact(user_id) AS active_users
 FROM metering.counted_events
 WHERE toDate(occurred_at) >= {start:Date} AND toDate(occurred_at) < {end:Date}
-  AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
+  AND """
+    + COMMITTED_EVENTS
+    + """
 GROUP BY tenant
 """
+)
 
 # Rollup sums per agency, from the contract view (summed over the period's months).
 _ROLLUP_SUMS_SQL: Final = """
@@ -87,15 +96,6 @@ SELECT tenant, uniqExactMerge(users) AS active_users
 FROM metering.agency_daily_rollup
 WHERE day >= {start:Date} AND day < {end:Date}
 GROUP BY tenant
-"""
-
-# Store-wide: what the ledger says was counted, and what counted_events holds for
-# committed flushes. Equal unless rows were lost or written outside the sink.
-_LEDGER_SQL: Final = """
-SELECT
-    (SELECT sum(counted) FROM metering.flush_ledger) AS ledger_counted,
-    (SELECT count() FROM metering.counted_events
-     WHERE flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)) AS counted_rows
 """
 
 
@@ -225,14 +225,13 @@ def reconcile(
         for tenant in sorted(set(events_tenant) | set(rollup_tenant) | set(billed_tenant))
         for measure in MEASURES
     ]
-    ledger_counted, counted_rows = client.query(_LEDGER_SQL).result_rows[0]
+    ledger = Ledger(client)
+    ledger_counted, counted_rows = ledger.counted_totals()
     expired = read_expired(client)
     pending: list[Gap] = []
     checked = events_topic is not None and broker_earliest is not None
     if events_topic is not None and broker_earliest is not None:
-        resume = {
-            (str(t), int(p)): int(n) for t, p, n in client.query(RESUME_POSITIONS).result_rows
-        }
+        resume = ledger.resume_positions()
         known = {(g.topic, g.partition, g.first_missing) for g in expired}
         pending = [
             gap

@@ -29,6 +29,7 @@ from clickhouse_connect.driver.client import Client
 
 from metering.billing.pricebook import PriceBook, PriceBookError
 from metering.periods import Period
+from store.ledger import Ledger
 
 __all__ = [
     "STATEMENT_COLUMNS",
@@ -270,17 +271,11 @@ WHERE month >= {fiscal_year_start:Date} AND month < {end:Date}
 GROUP BY tenant, agency_id, agency_level
 """
 
-# Committed flushes not yet folded into the rollups. A worker applies them when it
-# starts (recovery); until then the rollups trail the ledger and must not be billed.
-_UNAPPLIED_SQL: Final = """
-SELECT uniqExact(flush_seq)
-FROM metering.flush_ledger
-WHERE flush_seq NOT IN (SELECT flush_seq FROM metering.flush_applied)
-"""
-
 
 def unapplied_flushes(client: Client) -> int:
-    return int(client.query(_UNAPPLIED_SQL).result_rows[0][0])
+    """Committed flushes not yet folded into the rollups. A worker applies them when it
+    starts (recovery); until then the rollups trail the ledger and must not be billed."""
+    return len(Ledger(client).unapplied_flushes())
 
 
 def read_usage(client: Client, period: Period) -> Usage:

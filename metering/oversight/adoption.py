@@ -61,7 +61,7 @@ class Adoption:
 # Each query reads one tenant-period range of a rollup's sort key and groups it.
 # Periods are whole months, so the per-tenant, per-level, per-agency and per-model
 # queries read the monthly rollups (one users state per agency-month) and the daily
-# trend reads the tenant-day rollup; see schemas/sql/0006_report_rollups.sql.
+# trend reads the tenant-day rollup; see store/sql/0006_report_rollups.sql.
 # `{agency:String}` is '' for every agency, else the one agency in scope (agency ids
 # are never empty). Measures: agencies with usage, distinct users (merged states),
 # messages and tokens.

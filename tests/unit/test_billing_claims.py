@@ -17,9 +17,9 @@ from clickhouse_connect.driver.client import Client
 from metering.billing import runs
 from metering.billing.runs import BillingBusyError, bill_statement, claim_version, latest_run
 from metering.billing.statements import BillingError, Statement, StatementLine
-from metering.migrations import apply_migrations
 from metering.periods import month
 from store import connect
+from store.migrations import apply_migrations
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 

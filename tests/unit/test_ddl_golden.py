@@ -1,6 +1,6 @@
 """One DDL source, three deployments: golden text, each transform, chDB apply and parse.
 
-The golden files are the reviewed rendering of `schemas/sql/`. After a deliberate
+The golden files are the reviewed rendering of `store/sql/`. After a deliberate
 change (a new migration, a new transform) rewrite them with
 `GOVMETER_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_ddl_golden.py`, read the
 diff, and check them in.
@@ -21,16 +21,9 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from metering.commands_ddl import main as ddl_main
-from metering.migrations import (
-    Migration,
-    MigrationError,
-    apply_migrations,
-    load_migrations,
-    render_migrations,
-    rendered_statements,
-)
 from metering.settings import SettingsError, load_settings
-from schemas.ddl import (
+from store import connect
+from store.ddl import (
     REPLICA_PATH,
     DDLError,
     DeploymentMode,
@@ -40,7 +33,14 @@ from schemas.ddl import (
     replicate_dedup_window,
     replicate_engine,
 )
-from store import connect
+from store.migrations import (
+    Migration,
+    MigrationError,
+    apply_migrations,
+    load_migrations,
+    render_migrations,
+    rendered_statements,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 CLUSTER = "govmeter"

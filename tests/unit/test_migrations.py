@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from metering.migrations import MigrationError, apply_migrations, load_migrations
 from store import connect
-from streams.ledger_sql import apply_rollup_sql
-from streams.recovery import recover
+from store.ledger import Ledger, recover
+from store.ledger.sql import apply_rollup_sql
+from store.migrations import MigrationError, apply_migrations, load_migrations
 
 DAY_COLUMNS = [
     ("tenant", "String"),
@@ -164,7 +164,7 @@ def test_a_flush_folded_half_before_the_upgrade_is_counted_once_in_the_new_rollu
     client.command(apply_rollup_sql("agency_daily_rollup", 1), parameters={"flush_seq": 1})
 
     assert [m.version for m in apply_migrations(client)] == [6]
-    assert recover(client).flushes_reapplied == 0  # folded before the migration ran
+    assert recover(Ledger(client)).flushes_reapplied == 0  # folded before the migration ran
 
     expected = [("2026-11-01", 5, 50, 100, 3)]
     for table in ("agency_monthly_rollup", "model_monthly_rollup"):

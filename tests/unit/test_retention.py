@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from metering.migrations import apply_migrations
-from metering.retention import apply_retention
 from metering.settings import SettingsError, load_settings
 from store import connect
+from store.migrations import apply_migrations
+from store.retention import apply_retention
 
 
 @pytest.fixture

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from metering.migrations import apply_migrations
 from metering.settings import SettingsError, load_settings
 from schemas.events import UsageEvent
 from store import connect
+from store.ledger import Ledger
+from store.migrations import apply_migrations
 from streams.batch import SourceMessage, ValidMessage
 from streams.seen_ids import SeenIdFilter, id_halves, load_from_store
 from streams.sink import counted_events_table
@@ -167,7 +168,7 @@ def test_the_store_filter_holds_committed_ids_only(client: Any) -> None:
         _commit(client, seq)
     _stage(client, [_event(i) for i in orphans], 99, now)  # never committed
 
-    seen = load_from_store(client, 1, flushes_per_page=3)  # pages 1-3 and 4
+    seen = load_from_store(Ledger(client), 1, flushes_per_page=3)  # pages 1-3 and 4
     assert seen.ids_added == len(committed)
     in_memory = SeenIdFilter(1)
     in_memory.add_ids(committed)
@@ -176,4 +177,4 @@ def test_the_store_filter_holds_committed_ids_only(client: Any) -> None:
 
 
 def test_an_empty_store_loads_an_empty_filter(client: Any) -> None:
-    assert load_from_store(client, 1).ids_added == 0
+    assert load_from_store(Ledger(client), 1).ids_added == 0

@@ -25,6 +25,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from metering.health import WorkerHealth
 from schemas.rejections import classify
+from store.ledger import Ledger
 from streams.batch import SourceMessage, assemble_batch
 from streams.faults import InjectedStoreOutage
 from streams.metrics import Metrics
@@ -368,7 +369,7 @@ def _sink(
     metrics: Metrics, client: Any = None, *, fatal_tries: int = 3, letters: Any = None
 ) -> ClickHouseSink:
     return ClickHouseSink(
-        cast(Client, client or object()),
+        Ledger(cast(Client, client or object())),
         letters or _Letters(),
         next_flush_seq=1,
         worker="test",

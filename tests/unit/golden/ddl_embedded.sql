@@ -1,5 +1,5 @@
 -- govmeter schema for the embedded store (chDB)
--- from schemas/sql/ by `metering ddl --mode embedded`.
+-- from store/sql/ by `metering ddl --mode embedded`.
 -- Every statement is idempotent. `metering migrate` runs the same statements
 -- and records each file in metering.schema_migrations.
 
@@ -8,7 +8,7 @@ CREATE DATABASE IF NOT EXISTS metering;
 
 CREATE TABLE IF NOT EXISTS metering.schema_migrations (version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version;
 
--- schemas/sql/0001_ledger.sql (sha256 39a3a574d6859de089a9bb7950c52a0fcba42f2c6cbcada37137e7eb3c3ab48f)
+-- store/sql/0001_ledger.sql (sha256 39a3a574d6859de089a9bb7950c52a0fcba42f2c6cbcada37137e7eb3c3ab48f)
 CREATE TABLE IF NOT EXISTS metering.flush_ledger
 (
     flush_seq     UInt64,
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS metering.flush_applied
 ENGINE = MergeTree
 ORDER BY flush_seq;
 
--- schemas/sql/0002_counted_events.sql (sha256 5e57882674ee35e977ab7a240ba541de7093fd37f5e2006a02f1ea5beec9abb9)
+-- store/sql/0002_counted_events.sql (sha256 5e57882674ee35e977ab7a240ba541de7093fd37f5e2006a02f1ea5beec9abb9)
 CREATE TABLE IF NOT EXISTS metering.counted_events
 (
     event_id         UUID,
@@ -77,7 +77,7 @@ ENGINE = MergeTree
 ORDER BY (topic, partition, offset)
 SETTINGS non_replicated_deduplication_window = 10000;
 
--- schemas/sql/0003_rollups.sql (sha256 b2dd4137ba701d024c3aedc8e0c89b1a0e50b2d7478a9967b9e0f03c7204f736)
+-- store/sql/0003_rollups.sql (sha256 b2dd4137ba701d024c3aedc8e0c89b1a0e50b2d7478a9967b9e0f03c7204f736)
 CREATE TABLE IF NOT EXISTS metering.agency_daily_rollup
 (
     day           Date,
@@ -110,7 +110,7 @@ ENGINE = AggregatingMergeTree
 ORDER BY (tenant, day, model, feature, agency_id, agency_level)
 SETTINGS non_replicated_deduplication_window = 10000;
 
--- schemas/sql/0004_views.sql (sha256 081c00642c67215c0c920875be6dc96a1570d699f16e29bc9b3e885ac135a916)
+-- store/sql/0004_views.sql (sha256 081c00642c67215c0c920875be6dc96a1570d699f16e29bc9b3e885ac135a916)
 CREATE VIEW IF NOT EXISTS metering.agency_daily AS
 SELECT
     day,
@@ -164,7 +164,7 @@ SELECT
 FROM metering.rejections_log
 WHERE flush_seq IN (SELECT flush_seq FROM metering.flush_ledger);
 
--- schemas/sql/0005_billing.sql (sha256 73fbd9323d9a9ecac1c1b70fd912f0debce8e5bd32f7d82a9d2615bba01dfb02)
+-- store/sql/0005_billing.sql (sha256 73fbd9323d9a9ecac1c1b70fd912f0debce8e5bd32f7d82a9d2615bba01dfb02)
 CREATE TABLE IF NOT EXISTS metering.billing_runs
 (
     run_id             String,
@@ -209,7 +209,7 @@ CREATE TABLE IF NOT EXISTS metering.billing_lines
 ENGINE = MergeTree
 ORDER BY (run_id, tenant, agency_id, agency_level);
 
--- schemas/sql/0006_report_rollups.sql (sha256 59ffb89fc913c1699ce0f6853cc3545a944590d8866e28bb36ddd5c49a2e0cbf)
+-- store/sql/0006_report_rollups.sql (sha256 59ffb89fc913c1699ce0f6853cc3545a944590d8866e28bb36ddd5c49a2e0cbf)
 CREATE TABLE IF NOT EXISTS metering.agency_monthly_rollup
 (
     month         Date,
@@ -300,7 +300,7 @@ SELECT
 FROM metering.agency_monthly_rollup
 GROUP BY month, tenant;
 
--- schemas/sql/0007_claims_and_expired_offsets.sql (sha256 68f6dc54040bd6a1d622ef6c879164cef43f88b02eb20f100b914fef597a165d)
+-- store/sql/0007_claims_and_expired_offsets.sql (sha256 68f6dc54040bd6a1d622ef6c879164cef43f88b02eb20f100b914fef597a165d)
 CREATE TABLE IF NOT EXISTS metering.billing_claims
 (
     period      String,

@@ -1,4 +1,4 @@
-"""Render the migrations in `schemas/sql/` for one of three ClickHouse deployments.
+"""Render the migrations in `store/sql/` for one of three ClickHouse deployments.
 
 The SQL files are the one source of the schema. They are written for a single
 ClickHouse (plain MergeTree engines, no cluster clause); this module rewrites each

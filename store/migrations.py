@@ -1,9 +1,9 @@
-"""Apply the numbered SQL files in `schemas/sql/` once each, recording what ran.
+"""Apply the numbered SQL files in `store/sql/` once each, recording what ran.
 
 Idempotent: safe to run twice and from every command that opens the store. A
 migration file that changed after it was applied is an error: add a new file instead.
 
-The files are rendered for the deployment (`schemas/ddl.py`): unchanged for the
+The files are rendered for the deployment (`store/ddl.py`): unchanged for the
 embedded store and a single server, `ON CLUSTER` and Replicated engines for a
 one-shard cluster. Checksums are always taken over the file as written, so the
 record in `metering.schema_migrations` does not depend on the mode it was applied in.
@@ -20,9 +20,8 @@ from typing import Final
 
 from clickhouse_connect.driver.client import Client
 
-from schemas.ddl import DDLError, DeploymentMode, check_cluster, render_statement
-from streams.ledger_sql import APPLY_ROLLUPS
-from streams.recovery import fold_unapplied_flushes
+from store.ddl import DDLError, DeploymentMode, check_cluster, render_statement
+from store.ledger import APPLY_ROLLUPS, Ledger, fold_unapplied_flushes
 
 __all__ = [
     "BOOKKEEPING",
@@ -76,16 +75,16 @@ class Migration:
         return [part.strip() for part in re.split(r";\s*(?:\n|$)", text) if part.strip()]
 
     def rendered(self, mode: DeploymentMode, cluster: str | None = None) -> list[str]:
-        """The statements as they run on the given deployment (`schemas/ddl.py`)."""
+        """The statements as they run on the given deployment (`store/ddl.py`)."""
         try:
             return [render_statement(s, mode, cluster) for s in self.statements()]
         except DDLError as error:
-            raise MigrationError(f"schemas/sql/{self.file_name}: {error}") from None
+            raise MigrationError(f"store/sql/{self.file_name}: {error}") from None
 
 
 def load_migrations() -> list[Migration]:
     found = []
-    for entry in resources.files("schemas").joinpath("sql").iterdir():
+    for entry in resources.files("store").joinpath("sql").iterdir():
         match = _FILE_NAME.fullmatch(entry.name)
         if match is None:
             continue
@@ -95,7 +94,7 @@ def load_migrations() -> list[Migration]:
     found.sort(key=lambda migration: migration.version)
     versions = [migration.version for migration in found]
     if len(set(versions)) != len(versions):
-        raise MigrationError(f"schemas/sql: two migration files share a number: {versions}")
+        raise MigrationError(f"store/sql: two migration files share a number: {versions}")
     return found
 
 
@@ -124,7 +123,7 @@ def render_migrations(mode: DeploymentMode = "embedded", cluster: str | None = N
     command = f"metering ddl --mode {mode}" + (f" --cluster '{cluster}'" if cluster else "")
     blocks = [
         f"-- govmeter schema for {target[mode]}\n"
-        f"-- from schemas/sql/ by `{command}`.\n"
+        f"-- from store/sql/ by `{command}`.\n"
         "-- Every statement is idempotent. `metering migrate` runs the same statements\n"
         "-- and records each file in metering.schema_migrations.\n\n"
         "-- bookkeeping (metering/migrations.py)\n"
@@ -133,14 +132,14 @@ def render_migrations(mode: DeploymentMode = "embedded", cluster: str | None = N
     for migration in load_migrations():
         statements = migration.rendered(mode, cluster)
         blocks.append(
-            f"-- schemas/sql/{migration.file_name} (sha256 {migration.checksum})\n"
+            f"-- store/sql/{migration.file_name} (sha256 {migration.checksum})\n"
             + "\n\n".join(f"{statement};" for statement in statements)
         )
     return "\n\n".join(blocks) + "\n"
 
 
 def _check_one_shard(client: Client, cluster: str) -> None:
-    """The pipeline needs one shard (schemas/ddl.py says why): refuse anything else."""
+    """The pipeline needs one shard (store/ddl.py says why): refuse anything else."""
     name = cluster
     if cluster.startswith("{"):
         macro = cluster.strip("{}")
@@ -161,7 +160,7 @@ def _check_one_shard(client: Client, cluster: str) -> None:
 
 def _fold_committed_flushes_first(client: Client) -> None:
     """Before the schema changes, fold every committed flush into the rollups that exist
-    (see `streams.recovery.fold_unapplied_flushes`: a new rollup is backfilled from them)."""
+    (see `store.ledger.fold_unapplied_flushes`: a new rollup is backfilled from them)."""
     tables = {
         str(row[0])
         for row in client.query(
@@ -169,7 +168,7 @@ def _fold_committed_flushes_first(client: Client) -> None:
         ).result_rows
     }
     if {"flush_ledger", "flush_applied"} <= tables:
-        fold_unapplied_flushes(client, tuple(r for r in APPLY_ROLLUPS if r in tables))
+        fold_unapplied_flushes(Ledger(client), tuple(r for r in APPLY_ROLLUPS if r in tables))
 
 
 def apply_migrations(
@@ -198,7 +197,7 @@ def apply_migrations(
         if recorded is not None:
             if recorded != migration.checksum:
                 raise MigrationError(
-                    f"schemas/sql/{migration.file_name} changed after it "
+                    f"store/sql/{migration.file_name} changed after it "
                     "was applied to this store; restore it and add a new numbered migration"
                 )
             continue

@@ -7,7 +7,7 @@
     4. each topic-partition resumes after the last offset in the ledger.
 
 Runs before the worker consumes anything. It assumes this process is the only
-writer to the store (the embedded store guarantees it; see the README for servers).
+writer to the store (README, "Known limits").
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from clickhouse_connect.driver.client import Client
-
-from streams import ledger_sql
-from streams.sink import apply_flush
+from store.ledger import sql
+from store.ledger.ledger import Ledger, Positions
 
 __all__ = ["RecoveredState", "fold_unapplied_flushes", "recover"]
 
@@ -28,36 +26,30 @@ log = logging.getLogger("govmeter.recovery")
 @dataclass(frozen=True)
 class RecoveredState:
     next_flush_seq: int
-    resume_offsets: dict[tuple[str, int], int]
+    resume_offsets: Positions
     orphan_rows_deleted: int
     flushes_reapplied: int
 
 
-def recover(client: Client) -> RecoveredState:
+def recover(ledger: Ledger) -> RecoveredState:
     # 1.
-    committed = int(client.query(ledger_sql.MAX_COMMITTED_SEQ).result_rows[0][0] or 0)
+    committed = ledger.max_committed_seq()
     # 2.
-    counts = client.query(ledger_sql.ORPHAN_COUNTS, parameters={"seq": committed}).result_rows[0]
-    orphans = int(counts[0]) + int(counts[1])
+    orphans = ledger.orphan_rows(committed)
     if orphans:
-        for statement in ledger_sql.DELETE_ORPHANS:
-            client.command(statement, parameters={"seq": committed}, settings={"mutations_sync": 2})
+        ledger.delete_orphans(committed)
         log.warning(
             "deleted rows of a flush that never committed",
             extra={"orphan_rows": orphans, "after_flush_seq": committed},
         )
     # 3.
-    unapplied = fold_unapplied_flushes(client)
+    unapplied = fold_unapplied_flushes(ledger)
     # 4.
-    resume = {
-        (str(topic), int(partition)): int(next_offset)
-        for topic, partition, next_offset in client.query(ledger_sql.RESUME_POSITIONS).result_rows
-    }
-    return RecoveredState(committed + 1, resume, orphans, len(unapplied))
+    return RecoveredState(committed + 1, ledger.resume_positions(), orphans, len(unapplied))
 
 
 def fold_unapplied_flushes(
-    client: Client, rollups: tuple[str, ...] = tuple(ledger_sql.APPLY_ROLLUPS)
+    ledger: Ledger, rollups: tuple[str, ...] = tuple(sql.APPLY_ROLLUPS)
 ) -> list[int]:
     """Fold every committed flush not yet marked applied into `rollups`, then mark it.
 
@@ -66,9 +58,9 @@ def fold_unapplied_flushes(
     already hold every committed flush, or a flush folded half before the upgrade
     would be counted twice in the new rollup (once by the backfill, once by the fold).
     """
-    unapplied = [int(row[0]) for row in client.query(ledger_sql.UNAPPLIED_SEQS).result_rows]
+    unapplied = ledger.unapplied_flushes()
     for seq in unapplied:
-        apply_flush(client, seq, rollups=rollups)
+        ledger.apply(seq, rollups=rollups)
     if unapplied:
         log.warning(
             "re-applied committed flushes", extra={"flush_seqs": unapplied, "rollups": rollups}

@@ -1,4 +1,4 @@
-"""Every statement the sink and its recovery run, in one place for review."""
+"""Every statement about the ledger, in one place for review (`Ledger` runs them)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from typing import Final
 
 __all__ = [
     "APPLY_ROLLUPS",
+    "COMMITTED_ID_HALVES",
     "COUNTED_EVENT_COLUMNS",
+    "FLUSH_RANGE",
     "LEDGER_COLUMNS",
     "REJECTION_COLUMNS",
+    "RESUME_POSITIONS",
+    "UNAPPLIED_SEQS",
     "already_counted_sql",
     "apply_rollup_sql",
 ]
@@ -186,4 +190,29 @@ RESUME_POSITIONS: Final = """
 SELECT topic, partition, max(last_offset) + 1
 FROM metering.flush_ledger
 GROUP BY topic, partition
+"""
+
+# The two 64-bit halves of each committed id, as little-endian reads of the id's 16
+# big-endian bytes (RFC 4122 order), which is what `streams.seen_ids.id_halves`
+# computes in Python: the dedupe filter is loaded from these.
+COMMITTED_ID_HALVES: Final = """
+SELECT reinterpretAsUInt64(substring(UUIDStringToNum(toString(event_id)), 1, 8)) AS high,
+       reinterpretAsUInt64(substring(UUIDStringToNum(toString(event_id)), 9, 8)) AS low
+FROM metering.counted_events
+WHERE flush_seq >= {first:UInt64} AND flush_seq < {stop:UInt64}
+  AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
+"""
+
+FLUSH_RANGE: Final = "SELECT count(), min(flush_seq), max(flush_seq) FROM metering.flush_ledger"
+
+# Events of committed flushes only: the raw record that billing and reconciliation
+# may read (a fragment, for `FROM metering.counted_events WHERE ...`).
+COMMITTED_EVENTS: Final = "flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)"
+
+# Store-wide: what the ledger says was counted, and what counted_events holds for
+# committed flushes.
+COUNTED_TOTALS: Final = f"""
+SELECT
+    (SELECT sum(counted) FROM metering.flush_ledger) AS ledger_counted,
+    (SELECT count() FROM metering.counted_events WHERE {COMMITTED_EVENTS}) AS counted_rows
 """
