@@ -12,8 +12,10 @@ ClickHouse's own HTTP and native listeners started. clickhouse-local reads
     clickhouse.log, clickhouse.pid, reporter.password
 
 Users, in the manner of ClickHouse's own packages:
-  * `default`: the writer (workers, billing, migrations). Loopback networks only;
-    its password is CLICKHOUSE_PASSWORD when that is set, stored as a sha256 here.
+  * `default`: the writer (workers, billing, migrations). Loopback networks only, and
+    no password: the engine signs its own session in as `default` without one, so a
+    password would stop the server from starting (`control.py` refuses
+    CLICKHOUSE_PASSWORD for that reason).
   * `reporter`: readonly = 1, SELECT on every metering view and the tables behind
     them, nothing else; password from CLICKHOUSE_REPORTER_PASSWORD or generated once
     into `reporter.password` (mode 0600).
@@ -63,6 +65,8 @@ REPORTER_READS: Final = (
     "metering.flush_applied",
     "metering.billing_runs",
     "metering.billing_lines",
+    "metering.billing_claims",
+    "metering.expired_offsets",
     "metering.schema_migrations",
 )
 

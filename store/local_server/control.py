@@ -52,7 +52,7 @@ class ServerOptions:
     http_port: int = 8123
     tcp_port: int = 9000
     listen_host: str = "127.0.0.1"
-    password: str | None = None  # CLICKHOUSE_PASSWORD: the default (writer) user's
+    password: str | None = None  # CLICKHOUSE_PASSWORD: refused, see `start`
     reporter_password: str | None = None  # CLICKHOUSE_REPORTER_PASSWORD
     start_timeout: float = 60.0
     stop_timeout: float = 30.0
@@ -139,6 +139,15 @@ class LocalServer:
     def start(self) -> str:
         """Start the server unless it runs; return one line saying what happened."""
         options, layout = self.options, self.layout
+        if options.password:
+            raise LocalServerError(
+                "clickhouse: CLICKHOUSE_PASSWORD is set, but the local server cannot give "
+                "`default` a password: its engine signs its own session in as `default` "
+                "without one (measured with chdb 4.4), so a password would stop it from "
+                "starting. Unset CLICKHOUSE_PASSWORD for the local server (its `default` "
+                "user accepts loopback connections only), or use a ClickHouse server for a "
+                "password-protected writer."
+            )
         pid = self.running_pid()
         if pid is not None:
             if self._wait_until_answering(pid, options.start_timeout):

@@ -126,3 +126,14 @@ def test_bad_settings_are_named(name: str, value: str, message: str) -> None:
 
     with pytest.raises(LocalServerError, match=f"{name}=.*{message}"):
         ServerOptions.from_environment({name: value})
+
+
+def test_a_password_for_default_is_refused_not_ignored(tmp_path: Path) -> None:
+    from store.local_server.control import LocalServer, LocalServerError
+
+    options = ServerOptions.from_environment(
+        {"CLICKHOUSE_DATA_DIR": str(tmp_path / "ch"), "CLICKHOUSE_PASSWORD": "s3cret"}
+    )
+    with pytest.raises(LocalServerError, match="CLICKHOUSE_PASSWORD is set"):
+        LocalServer(options).start()
+    assert not (tmp_path / "ch-server" / "clickhouse.pid").exists()
