@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import orjson
 
-from metering.simulate.calendar import (
+from metering.simulate.working_hours import (
     _Z_BITS,
     _clock_tables,
     _cumulative,
