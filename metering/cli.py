@@ -121,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_reporting_commands(commands)
 
+    from metering.audit import add_audit_command
+
+    add_audit_command(commands)
+
     from metering.config_check import add_config_command
 
     add_config_command(commands)
@@ -180,6 +184,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if reported is not None:
         return reported
     command = args.command
+    if command == "audit":
+        from metering.audit import run_audit
+
+        return run_audit(args, settings)
     if command == "replay":
         from metering.progress import Progress
         from metering.replay import replay

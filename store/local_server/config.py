@@ -38,6 +38,10 @@ from schemas.events import AGENCY_ID
 
 __all__ = [
     "AGENCY_FILTERED",
+    "QUERY_LOG_TTL_DAYS",
+    "READ_AUDIT_DAYS",
+    "READ_AUDIT_DDL",
+    "READ_AUDIT_TABLE",
     "REPORTER_READS",
     "ServerLayout",
     "agency_user_name",
@@ -91,6 +95,29 @@ _NO_AGENCY_COLUMN: Final = frozenset({"metering.monthly_totals"})
 
 LOOPBACK: Final = ("127.0.0.1", "::1")
 
+# Who read what. The server's system.query_log holds every query with its user, but
+# clickhouse-local keeps its `system` database in memory: the table is created anew at
+# each start and the previous run's parts are deleted (measured with chdb's 26.9).
+# A materialized view in a database on disk copies each finished query of a user other
+# than the writer as the log is flushed (every second, and at a clean stop), so the
+# record outlives restarts. Its own database: not the metering schema (the in-process
+# chdb:// store has no query log), and no reader has a grant on it.
+QUERY_LOG_TTL_DAYS: Final = 100
+READ_AUDIT_DAYS: Final = 400
+READ_AUDIT_TABLE: Final = "govmeter_audit.read_audit"
+READ_AUDIT_DDL: Final = (
+    "CREATE DATABASE IF NOT EXISTS govmeter_audit",
+    f"CREATE TABLE IF NOT EXISTS {READ_AUDIT_TABLE} ("
+    "event_time DateTime64(6), query_id String, user String, tables Array(String), "
+    "query String, result_rows UInt64, address String"
+    ") ENGINE = MergeTree PARTITION BY toYYYYMM(event_time) ORDER BY (event_time, query_id) "
+    f"TTL toDateTime(event_time) + INTERVAL {READ_AUDIT_DAYS} DAY",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS govmeter_audit.read_audit_from_query_log "
+    f"TO {READ_AUDIT_TABLE} AS SELECT event_time_microseconds AS event_time, query_id, "
+    "user, tables, query, result_rows, toString(address) AS address FROM system.query_log "
+    "WHERE type = 'QueryFinish' AND user NOT IN ('default', '')",
+)
+
 
 @dataclass(frozen=True)
 class ServerLayout:
@@ -137,7 +164,8 @@ def render_config_xml(
     layout: ServerLayout, *, http_port: int, tcp_port: int, listen_host: str = "127.0.0.1"
 ) -> str:
     """Ports and host of the listeners; a short keep-alive lets the server stop at once
-    (an idle keep-alive connection held a stopping server about 5 s)."""
+    (an idle keep-alive connection held a stopping server about 5 s); the query log,
+    flushed every second, which `READ_AUDIT_DDL` copies to disk."""
     return f"""\
 <clickhouse>
     <!-- Rendered by infra/clickhouse/start (store/local_server/config.py). -->
@@ -153,6 +181,12 @@ def render_config_xml(
         <errorlog>{escape(str(layout.log_file))}</errorlog>
         <console>0</console>
     </logger>
+    <query_log>
+        <database>system</database>
+        <table>query_log</table>
+        <flush_interval_milliseconds>1000</flush_interval_milliseconds>
+        <ttl>event_date + INTERVAL {QUERY_LOG_TTL_DAYS} DAY</ttl>
+    </query_log>
 </clickhouse>
 """
 

@@ -27,6 +27,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from store.local_server.config import (
+    READ_AUDIT_DDL,
     ServerLayout,
     agency_user_name,
     agency_user_xml,
@@ -178,6 +179,7 @@ class LocalServer:
                 f"{options.start_timeout:.0f} s (CLICKHOUSE_START_TIMEOUT) or stopped; from "
                 f"{layout.log_file}:\n{tail}"
             )
+        self._keep_read_audit()
         return (
             f"clickhouse: ready on {options.http_url} (native TCP {options.tcp_port}, pid {pid}, "
             f"started in {time.monotonic() - began:.1f}s, data {layout.data_dir}, "
@@ -205,6 +207,24 @@ class LocalServer:
                 reporter_password_sha256=password_sha256(self.reporter_password()),
             ),
         )
+
+    def _keep_read_audit(self) -> None:
+        """Create (once) the view that copies reads from the in-memory query log to
+        disk; the first flush creates system.query_log, which the view reads."""
+        for sql in ("SYSTEM FLUSH LOGS", *READ_AUDIT_DDL):
+            request = urllib.request.Request(  # noqa: S310 (our own loopback server)
+                self.options.http_url + "/",
+                data=sql.encode(),
+                headers=_auth_headers("default", self.options.password),
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                    response.read()
+            except urllib.error.HTTPError as error:
+                raise LocalServerError(
+                    f"clickhouse: the read audit could not be set up: {sql}: "
+                    f"{error.read().decode(errors='replace').strip()}"
+                ) from None
 
     def reporter_password(self) -> str:
         """CLICKHOUSE_REPORTER_PASSWORD, else the one generated at the first start."""

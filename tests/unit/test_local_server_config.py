@@ -9,6 +9,9 @@ import pytest
 
 from store.local_server.config import (
     AGENCY_FILTERED,
+    QUERY_LOG_TTL_DAYS,
+    READ_AUDIT_DDL,
+    READ_AUDIT_TABLE,
     REPORTER_READS,
     ServerLayout,
     agency_user_name,
@@ -137,3 +140,36 @@ def test_a_password_for_default_is_refused_not_ignored(tmp_path: Path) -> None:
     with pytest.raises(LocalServerError, match="CLICKHOUSE_PASSWORD is set"):
         LocalServer(options).start()
     assert not (tmp_path / "ch-server" / "clickhouse.pid").exists()
+
+
+def test_config_keeps_the_query_log_for_at_least_ninety_days(tmp_path: Path) -> None:
+    root = ET.fromstring(render_config_xml(_layout(tmp_path), http_port=18123, tcp_port=19000))
+    log = root.find("query_log")
+    assert log is not None
+    assert log.findtext("database") == "system"
+    assert log.findtext("table") == "query_log"
+    assert log.findtext("flush_interval_milliseconds") == "1000"
+    assert log.findtext("ttl") == f"event_date + INTERVAL {QUERY_LOG_TTL_DAYS} DAY"
+    assert QUERY_LOG_TTL_DAYS >= 90
+
+
+def test_the_read_audit_copies_every_finished_query_of_a_reader_to_disk() -> None:
+    database = READ_AUDIT_TABLE.split(".")[0]
+    create_database, create_table, view = READ_AUDIT_DDL
+    assert create_database == f"CREATE DATABASE IF NOT EXISTS {database}"
+    assert database != "metering" and database != "system"
+    assert create_table.startswith(f"CREATE TABLE IF NOT EXISTS {READ_AUDIT_TABLE} (")
+    assert "ENGINE = MergeTree" in create_table and "INTERVAL 400 DAY" in create_table
+    assert f"TO {READ_AUDIT_TABLE} AS SELECT" in view
+    assert "FROM system.query_log" in view
+    assert "type = 'QueryFinish'" in view
+    # The writer and the engine's own session (an empty user) are not readers.
+    assert "user NOT IN ('default', '')" in view
+
+
+def test_no_reader_may_read_the_read_audit() -> None:
+    database = READ_AUDIT_TABLE.split(".")[0]
+    users = render_users_xml(default_password_sha256=None, reporter_password_sha256=DIGEST)
+    assert database not in users
+    assert database not in agency_user_xml("fed-gsa", DIGEST)
+    assert all(not name.startswith(database + ".") for name in REPORTER_READS + AGENCY_FILTERED)
