@@ -23,7 +23,7 @@ from metering.settings import Settings
 
 __all__ = ["COMMANDS", "add_reporting_commands", "run_reporting_command"]
 
-COMMANDS: Final = ("bill", "reconcile", "report", "access", "export", "serve")
+COMMANDS: Final = ("bill", "reconcile", "report", "access", "export", "serve", "verify")
 
 
 def _period_type(parse: Any) -> Any:
@@ -131,6 +131,29 @@ def add_reporting_commands(subparsers: Any) -> None:
     export.add_argument("--out", type=Path, required=True, help="directory for the files")
     export.add_argument("--agency", help="only this agency's rows (its views and lines)")
 
+    verify = subparsers.add_parser(
+        "verify",
+        help="recompute every flush's content hash and the chain, and check the rollups "
+        "against the counted events",
+    )
+    _store_option(verify)
+    verify_period = verify.add_mutually_exclusive_group()
+    verify_period.add_argument(
+        "--month",
+        dest="period",
+        type=_period_type(month),
+        help="check the rollups of this UTC month only, YYYY-MM (default: every day)",
+    )
+    verify_period.add_argument(
+        "--fiscal-year", dest="period", type=_period_type(fiscal_year), help="or a fiscal year"
+    )
+    verify_period.add_argument(
+        "--fiscal-quarter",
+        dest="period",
+        type=_period_type(fiscal_quarter),
+        help="or a fiscal quarter",
+    )
+
     access = subparsers.add_parser("access", help="agency-scoped read-only ClickHouse access")
     kinds = access.add_subparsers(dest="access", required=True)
     agency_user = kinds.add_parser("agency-user", help="SQL for one agency's read-only user")
@@ -207,6 +230,8 @@ def run_reporting_command(args: argparse.Namespace, settings: Settings) -> int |
             return _export(args, settings)
         if args.command == "serve":
             return _serve(args, settings)
+        if args.command == "verify":
+            return _verify(args, settings)
         return _access(args, settings)
     except (PriceBookError, BillingError, AccessError) as error:
         print(f"metering {args.command}: {error}", file=sys.stderr)
@@ -291,6 +316,18 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         client.close()
     print(render_reconciliation(result, args.format))
+    return 0 if result.ok else 1
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from metering.verify import render_verification, verify_store
+
+    client = _open(settings)
+    try:
+        result = verify_store(client, args.period)
+    finally:
+        client.close()
+    print(render_verification(result))
     return 0 if result.ok else 1
 
 

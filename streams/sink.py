@@ -4,7 +4,9 @@
        in-memory filter of committed ids clears most of them, the store judges the rest
     2. stage the newly counted events and the rejections, tagged with the flush
     3. publish the dead-letter copies and wait for the broker's acknowledgement
-    4. COMMIT: write the flush's ledger rows (one insert: all or nothing)
+    4. COMMIT: write the flush's ledger rows (one insert: all or nothing), each carrying
+       the sha256 of the flush's staged rows and ranges, chained to the previous flush's
+       (`store.ledger.chain`; `metering verify` recomputes both from the store)
     5. fold the flush into every rollup (INSERT ... SELECT with a token per flush)
     6. mark the flush applied
   and only then may the stream acknowledge the messages (Kafka offsets trail the ledger).
@@ -40,6 +42,14 @@ import numpy as np
 import pyarrow as pa
 
 from store.ledger import COUNTED_EVENT_COLUMNS, Ledger
+from store.ledger.chain import (
+    ChainedEvent,
+    ChainedRange,
+    ChainedRejection,
+    chain_sha256,
+    content_sha256,
+    epoch_milliseconds,
+)
 from streams.batch import ClassifiedBatch, ValidMessage
 from streams.dead_letter import DeadLetterPublisher, dead_letter_for
 from streams.faults import FaultPlan
@@ -112,6 +122,9 @@ class ClickHouseSink:
         self._flushes_started = 0
         # Ids of committed flushes; None looks every id up in the store.
         self._seen_ids = seen_ids
+        # The chain hash of the last committed flush; read from the ledger at the first
+        # flush (after recovery), then carried from commit to commit.
+        self._chain_head: str | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
 
     def close(self) -> None:
@@ -176,7 +189,13 @@ class ClickHouseSink:
         self._faults.maybe_crash("after_dead_letters", seq)
         lap("dead_letters")
 
-        # 4. COMMIT POINT: the ledger rows of every partition, in one insert.
+        # 4. COMMIT POINT: the ledger rows of every partition, in one insert, each with
+        #    the content hash of exactly the rows staged in step 2 and the ranges, and
+        #    that hash chained to the last committed flush's (read once after recovery).
+        if self._chain_head is None:
+            self._chain_head = await self._store("read chain head", self._ledger.chain_head)
+        content = flush_content_sha256(new, batch)
+        chain = chain_sha256(self._chain_head, content)
         ledger_rows = [
             [
                 seq,
@@ -190,12 +209,15 @@ class ClickHouseSink:
                 r.rejected,
                 self._worker,
                 now,
+                content,
+                chain,
             ]
             for r in batch.ranges.values()
         ]
         await self._store(
             "commit flush", lambda: self._ledger.commit(ledger_rows, f"{token}-ledger")
         )
+        self._chain_head = chain
         if self._seen_ids is not None:
             self._seen_ids.add(lookup.new_halves)
         self._faults.maybe_crash("after_commit", seq)
@@ -390,6 +412,56 @@ def counted_events_table(new: Sequence[ValidMessage], seq: int, now: datetime) -
             f"{list(COUNTED_EVENT_COLUMNS)}: make the two agree"
         )
     return pa.table(columns)
+
+
+def flush_content_sha256(new: Sequence[ValidMessage], batch: ClassifiedBatch) -> str:
+    """The canonical content hash (`store.ledger.chain`) of what one flush stages and
+    commits: its counted events, its rejections and its ledger ranges."""
+    events = [
+        ChainedEvent(
+            e.event_id,
+            epoch_milliseconds(e.occurred_at),
+            e.tenant,
+            e.agency_id,
+            e.agency_level,
+            e.user_id,
+            e.model,
+            e.feature,
+            e.tokens_in,
+            e.tokens_out,
+            v.source.topic,
+            v.source.partition,
+            v.source.offset,
+        )
+        for v in new
+        for e in (v.event,)
+    ]
+    rejections = [
+        ChainedRejection(
+            str(r.rejection.reason),
+            r.rejection.event_id,
+            r.rejection.agency_id,
+            r.source.topic,
+            r.source.partition,
+            r.source.offset,
+            r.source.size,
+        )
+        for r in batch.rejected
+    ]
+    ranges = [
+        ChainedRange(
+            r.topic,
+            r.partition,
+            r.first_offset,
+            r.last_offset,
+            r.messages,
+            r.counted,
+            r.duplicates,
+            r.rejected,
+        )
+        for r in batch.ranges.values()
+    ]
+    return content_sha256(events, rejections, ranges)
 
 
 def _rejection_row(rejected: Any, seq: int, now: datetime) -> list[Any]:

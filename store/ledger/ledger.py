@@ -75,6 +75,11 @@ class Ledger:
         ledger_counted, counted_rows = self.client.query(sql.COUNTED_TOTALS).result_rows[0]
         return int(ledger_counted or 0), int(counted_rows or 0)
 
+    def chain_head(self) -> str:
+        """The chain hash of the last committed flush: the next flush chains to it."""
+        rows = self.client.query(sql.CHAIN_HEAD).result_rows
+        return str(rows[0][0]) if rows else ""
+
     def orphan_rows(self, committed: int) -> int:
         counts = self.client.query(sql.ORPHAN_COUNTS, parameters={"seq": committed}).result_rows[0]
         return int(counts[0]) + int(counts[1])

@@ -8,6 +8,7 @@ from typing import Final
 
 __all__ = [
     "APPLY_ROLLUPS",
+    "CHAIN_HEAD",
     "COMMITTED_ID_HALVES",
     "COUNTED_EVENT_COLUMNS",
     "FLUSH_RANGE",
@@ -63,6 +64,8 @@ LEDGER_COLUMNS: Final = (
     "rejected",
     "worker",
     "committed_at",
+    "content_sha256",
+    "chain_sha256",
 )
 
 # Already counted: only rows of committed flushes count as "seen" (orphans of a
@@ -215,4 +218,10 @@ COUNTED_TOTALS: Final = f"""
 SELECT
     (SELECT sum(counted) FROM metering.flush_ledger) AS ledger_counted,
     (SELECT count() FROM metering.counted_events WHERE {COMMITTED_EVENTS}) AS counted_rows
+"""
+
+# The chain head: the chain hash of the last committed flush ('' before migration 0008).
+CHAIN_HEAD: Final = """
+SELECT chain_sha256 FROM metering.flush_ledger
+ORDER BY flush_seq DESC LIMIT 1
 """

@@ -72,7 +72,7 @@ EXPECTED_OBJECTS = sorted(
     ]
 )
 ON_CLUSTER = re.compile(
-    r"CREATE (?:(DATABASE|TABLE|VIEW) IF NOT EXISTS|OR REPLACE VIEW) [\w.]+ "
+    r"(?:CREATE (?:(DATABASE|TABLE|VIEW) IF NOT EXISTS|OR REPLACE VIEW)|ALTER TABLE) [\w.]+ "
     r"ON CLUSTER 'govmeter'(?:[\s(]|\Z)"
 )
 BACKFILL = re.compile(r"INSERT INTO metering\.\w+_rollup\nSELECT ")

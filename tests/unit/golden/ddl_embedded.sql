@@ -325,3 +325,8 @@ CREATE TABLE IF NOT EXISTS metering.expired_offsets
 )
 ENGINE = MergeTree
 ORDER BY (topic, partition, first_missing);
+
+-- store/sql/0008_ledger_chain.sql (sha256 ec22c9659c7961194d85205e8ad415e35890615eb362d1540ac3f87ec9dca634)
+ALTER TABLE metering.flush_ledger ADD COLUMN IF NOT EXISTS content_sha256 String DEFAULT '';
+
+ALTER TABLE metering.flush_ledger ADD COLUMN IF NOT EXISTS chain_sha256 String DEFAULT '';
