@@ -11,14 +11,6 @@ from functools import lru_cache
 
 import orjson
 
-from metering.simulate.working_hours import (
-    _Z_BITS,
-    _clock_tables,
-    _cumulative,
-    _hour_group_weights,
-    _hour_prefixes,
-    _token_tables,
-)
 from metering.simulate.plan import FEATURES, MODELS, SimulationPlan
 from metering.simulate.population import (
     _TZ_OFFSETS,
@@ -28,6 +20,14 @@ from metering.simulate.population import (
     _Population,
     _population_key,
     _PopulationKey,
+)
+from metering.simulate.working_hours import (
+    _Z_BITS,
+    _clock_tables,
+    _cumulative,
+    _hour_group_weights,
+    _hour_prefixes,
+    _token_tables,
 )
 from schemas.events import SCHEMA_VERSION
 
