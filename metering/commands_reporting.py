@@ -23,7 +23,7 @@ from metering.settings import Settings
 
 __all__ = ["COMMANDS", "add_reporting_commands", "run_reporting_command"]
 
-COMMANDS: Final = ("bill", "reconcile", "report", "access", "export", "serve", "verify")
+COMMANDS: Final = ("bill", "reconcile", "report", "access", "export", "serve", "verify", "certify")
 
 
 def _period_type(parse: Any) -> Any:
@@ -154,6 +154,16 @@ def add_reporting_commands(subparsers: Any) -> None:
         help="or a fiscal quarter",
     )
 
+    certify = subparsers.add_parser(
+        "certify",
+        help="a completeness certificate for a period (ledger, rollups, billing), "
+        "recorded in metering.certificates",
+    )
+    _store_option(certify)
+    _period_options(certify)
+    certify.add_argument("--format", choices=("json", "html"), default="json")
+    certify.add_argument("--out", type=Path, help="write the certificate here instead of stdout")
+
     access = subparsers.add_parser("access", help="agency-scoped read-only ClickHouse access")
     kinds = access.add_subparsers(dest="access", required=True)
     agency_user = kinds.add_parser("agency-user", help="SQL for one agency's read-only user")
@@ -232,6 +242,8 @@ def run_reporting_command(args: argparse.Namespace, settings: Settings) -> int |
             return _serve(args, settings)
         if args.command == "verify":
             return _verify(args, settings)
+        if args.command == "certify":
+            return _certify(args, settings)
         return _access(args, settings)
     except (PriceBookError, BillingError, AccessError) as error:
         print(f"metering {args.command}: {error}", file=sys.stderr)
@@ -329,6 +341,33 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         client.close()
     print(render_verification(result))
     return 0 if result.ok else 1
+
+
+def _certify(args: argparse.Namespace, settings: Settings) -> int:
+    from metering.certify import certify, record_certificate, render_certificate
+
+    client = _open(settings)
+    try:
+        cert = certify(client, args.period, datetime.now(UTC))
+        text = render_certificate(cert, args.format)
+        digest = record_certificate(client, cert, args.format, text)
+    finally:
+        client.close()
+    _emit(text, args.out)
+    summary = sys.stdout if args.out is not None else sys.stderr
+    print(
+        f"certificate for {args.period.describe()} ({args.format}) recorded in "
+        f"metering.certificates, sha256 {digest}",
+        file=summary,
+    )
+    if not cert.ok:
+        print(
+            f"metering certify: NOT complete: {cert.inequalities[0]}"
+            + (f" (and {len(cert.inequalities) - 1} more)" if len(cert.inequalities) > 1 else ""),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:

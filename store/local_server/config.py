@@ -71,6 +71,7 @@ REPORTER_READS: Final = (
     "metering.billing_lines",
     "metering.billing_claims",
     "metering.expired_offsets",
+    "metering.certificates",
     "metering.schema_migrations",
 )
 

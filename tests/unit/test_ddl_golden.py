@@ -58,6 +58,7 @@ EXPECTED_OBJECTS = sorted(
         "billing_claims",
         "billing_lines",
         "billing_runs",
+        "certificates",
         "counted_events",
         "expired_offsets",
         "flush_applied",
@@ -136,7 +137,7 @@ def test_every_cluster_statement_is_on_the_cluster_and_every_table_replicated() 
         if statement.startswith("CREATE TABLE"):
             assert "ENGINE = Replicated" in statement, statement
     tables = [s for s in statements if s.startswith("CREATE TABLE")]
-    assert len(tables) == 14  # schema_migrations and the thirteen tables of the SQL files
+    assert len(tables) == 15  # schema_migrations and the fourteen tables of the SQL files
     windowed = [s for s in tables if "replicated_deduplication_window = 10000" in s]
     assert [re.search(r"metering\.(\w+)", s)[1] for s in windowed] == [  # type: ignore[index]
         "flush_ledger",

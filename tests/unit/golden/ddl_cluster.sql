@@ -330,3 +330,15 @@ ORDER BY (topic, partition, first_missing);
 ALTER TABLE metering.flush_ledger ON CLUSTER 'govmeter' ADD COLUMN IF NOT EXISTS content_sha256 String DEFAULT '';
 
 ALTER TABLE metering.flush_ledger ON CLUSTER 'govmeter' ADD COLUMN IF NOT EXISTS chain_sha256 String DEFAULT '';
+
+-- store/sql/0009_certificates.sql (sha256 6b0c620ecc3a152eb60f0f93ed8c8a7892a02aea6c0c64c7debda3384d5f42d1)
+CREATE TABLE IF NOT EXISTS metering.certificates ON CLUSTER 'govmeter'
+(
+    period      String,
+    created_at  DateTime64(3, 'UTC'),
+    format      LowCardinality(String),
+    sha256      String,
+    body        String
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
+ORDER BY (period, created_at);
