@@ -25,7 +25,7 @@ from kafka.structs import TopicPartition
 
 from metering.config_check import ephemeral_store_problem
 from metering.health import WorkerHealth, start_health_server
-from metering.kafka_config import CONSUMER_ISOLATION, kafka_python_options
+from metering.kafka_config import CONSUMER_ISOLATION, kafka_python_options, stream_options
 from metering.kafka_retention import ExpiryRecorder, warn_if_retention_short, watching_expiry
 from metering.open_store import open_for_writing
 from metering.settings import Settings, SettingsError
@@ -94,12 +94,13 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
 
     group = settings.consumer_group if role != "store-owner" else f"{settings.consumer_group}-store"
     source_topic = settings.relay_topic if role == "store-owner" else settings.events_topic
-    intake = BatchIntake(settings, source_topic, group) if settings.intake == "batch" else None
+    options = stream_options(settings)
+    intake = BatchIntake(options, source_topic, group) if settings.intake == "batch" else None
     # With the batch intake the faust app does not consume the source topic; it gets a
     # group of its own (faust's assignor protocol differs from a plain consumer's).
-    app = build_app(settings, group=group if intake is None else f"{group}-app")
+    app = build_app(options, group=group if intake is None else f"{group}-app")
     # Confirms gaps the pipeline cannot judge from positions (see streams.pipeline).
-    gap_probe = CommittedReadProbe(settings)
+    gap_probe = CommittedReadProbe(options.kafka)
 
     async def seek(topic: str, partition: int, offset: int) -> None:
         if intake is not None:
@@ -187,7 +188,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         if isinstance(pipeline, MeteringPipeline):
             intake.resume_offset = pipeline.positions.next_offset
     else:
-        attach_pipeline(app, settings, pipeline, topic_name=source_topic)
+        attach_pipeline(app, options, pipeline, topic_name=source_topic)
     health_server = await _start_health(
         settings, metrics, health, intake.lag if intake is not None else None
     )

@@ -1,4 +1,4 @@
-"""build_app(settings, pipeline) -> faust.App: no import-time global app.
+"""build_app(options, pipeline) -> faust.App: no import-time global app.
 
 The agent is wiring only: take a batch of events, hand it to the pipeline, and let
 faust acknowledge them after the pipeline returned (so Kafka's committed offsets
@@ -21,10 +21,9 @@ from typing import Any, Protocol
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from metering.kafka_config import CONSUMER_ISOLATION, faust_options
-from metering.settings import Settings
 from streams.batch import SourceMessage
 from streams.dead_letter import DeadLetter
+from streams.options import CONSUMER_ISOLATION, StreamOptions
 
 log = logging.getLogger("govmeter.app")
 
@@ -45,29 +44,29 @@ def broker_urls(bootstrap_servers: str) -> list[str]:
     ]
 
 
-def build_app(settings: Settings, group: str | None = None) -> faust.App:
+def build_app(options: StreamOptions, group: str | None = None) -> faust.App:
     app = faust.App(
-        group or settings.consumer_group,
-        broker=broker_urls(settings.kafka_bootstrap_servers),
-        **faust_options(settings),
+        group or options.consumer_group,
+        broker=broker_urls(",".join(options.kafka.bootstrap_servers)),
+        **options.kafka.faust(),
         store="memory://",
         autodiscover=False,
         web_enabled=False,
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
-        topic_partitions=settings.topic_partitions,
+        topic_partitions=options.topic_partitions,
         topic_allow_declare=False,
         producer_acks=-1,
         broker_commit_every=10_000,
         # A worker killed with SIGKILL holds its partitions until its session times
         # out; a short session lets a restarted worker (or a peer) take over quickly.
-        broker_session_timeout=settings.session_timeout_seconds,
-        broker_heartbeat_interval=max(1.0, settings.session_timeout_seconds / 4),
+        broker_session_timeout=options.session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, options.session_timeout_seconds / 4),
         broker_commit_interval=1.0,
-        stream_buffer_maxsize=max(4096, settings.batch_max_events),
+        stream_buffer_maxsize=max(4096, options.batch.max_events),
         stream_wait_empty=False,
-        broker_max_poll_records=max(500, settings.batch_max_events // 4),
+        broker_max_poll_records=max(500, options.batch.max_events // 4),
         consumer_max_fetch_size=8 * 1024 * 1024,
         producer_max_request_size=4 * 1024 * 1024,
         logging_config=None,
@@ -110,7 +109,7 @@ class BatchHandler(Protocol):
 
 
 def attach_pipeline(
-    app: faust.App, settings: Settings, pipeline: BatchHandler, topic_name: str | None = None
+    app: faust.App, options: StreamOptions, pipeline: BatchHandler, topic_name: str | None = None
 ) -> None:
     """Subscribe one agent to a topic (default: the events topic) feeding the pipeline.
 
@@ -119,7 +118,7 @@ def attach_pipeline(
     messages nobody persisted (its batching acknowledges on the way out).
     """
     topic = app.topic(
-        topic_name or settings.events_topic,
+        topic_name or options.events_topic,
         key_serializer="raw",
         value_serializer="raw",
         internal=False,
@@ -127,7 +126,7 @@ def attach_pipeline(
 
     async def meter(stream: Any) -> None:
         async for events in stream.take_events(
-            settings.batch_max_events, within=settings.batch_max_seconds
+            options.batch.max_events, within=options.batch.max_seconds
         ):
             try:
                 await pipeline.handle([_source_message(event.message) for event in events])

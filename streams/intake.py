@@ -41,10 +41,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
-from metering.kafka_config import CONSUMER_ISOLATION, aiokafka_options
-from metering.settings import Settings
 from streams.app import BatchHandler
 from streams.batch import ClassifiedBatch, SourceMessage
+from streams.options import CONSUMER_ISOLATION, KafkaClientOptions, StreamOptions
 from streams.positions import Span
 
 __all__ = ["BatchIntake", "CommittedReadProbe", "StagedHandler"]
@@ -90,8 +89,8 @@ class _Read:
 
 
 class BatchIntake:
-    def __init__(self, settings: Settings, topic: str, group: str) -> None:
-        self._settings = settings
+    def __init__(self, options: StreamOptions, topic: str, group: str) -> None:
+        self._options = options
         self._topic = topic
         self._group = group
         self.handler: BatchHandler | None = None
@@ -141,10 +140,10 @@ class BatchIntake:
         return lags
 
     async def run(self, stop: asyncio.Event) -> None:
-        settings = self._settings
-        session_ms = int(settings.session_timeout_seconds * 1000)
+        options = self._options
+        session_ms = int(options.session_timeout_seconds * 1000)
         consumer = AIOKafkaConsumer(
-            **aiokafka_options(settings),
+            **options.kafka.aiokafka(),
             group_id=self._group,
             client_id=f"{self._group}-intake",
             enable_auto_commit=False,
@@ -201,8 +200,8 @@ class BatchIntake:
         The span of a partition runs from where this intake knew the consumer stood
         when the batch began to its position after the last read.
         """
-        settings = self._settings
-        wanted = settings.batch_max_events
+        policy = self._options.batch
+        wanted = policy.max_events
         loop = asyncio.get_running_loop()
         assignments = self._assignments
         starts = dict(self._at)
@@ -211,7 +210,7 @@ class BatchIntake:
         deadline: float | None = None
         while True:
             if deadline is None:
-                timeout_ms = int(settings.batch_max_seconds * 1000)
+                timeout_ms = int(policy.max_seconds * 1000)
             else:
                 timeout_ms = max(1, int((deadline - loop.time()) * 1000))
             more: Records = await consumer.getmany(timeout_ms=timeout_ms, max_records=wanted - got)
@@ -223,9 +222,9 @@ class BatchIntake:
                 if tp in self._at:
                     self._at[tp] = end
             if deadline is None:
-                if not got or settings.batch_min_seconds <= 0:
+                if not got or policy.min_seconds <= 0:
                     break
-                deadline = loop.time() + settings.batch_min_seconds
+                deadline = loop.time() + policy.min_seconds
             if got >= wanted or deadline - loop.time() <= 0:
                 break
         if self._assignments != assignments:
@@ -398,8 +397,8 @@ class CommittedReadProbe:
     first use: a topic without such jumps never opens it.
     """
 
-    def __init__(self, settings: Settings, timeout_seconds: float = 30.0) -> None:
-        self._settings = settings
+    def __init__(self, kafka: KafkaClientOptions, timeout_seconds: float = 30.0) -> None:
+        self._kafka = kafka
         self._timeout = timeout_seconds
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
@@ -439,7 +438,7 @@ class CommittedReadProbe:
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                **aiokafka_options(self._settings),
+                **self._kafka.aiokafka(),
                 group_id=None,
                 client_id="govmeter-gap-probe",
                 enable_auto_commit=False,
