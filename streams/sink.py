@@ -34,7 +34,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -50,7 +50,7 @@ from store.ledger.chain import (
     content_sha256,
     epoch_milliseconds,
 )
-from streams.batch import ClassifiedBatch, ValidMessage
+from streams.batch import ClassifiedBatch, PartitionRange, RejectedMessage, ValidMessage
 from streams.dead_letter import DeadLetterPublisher, dead_letter_for
 from streams.faults import FaultPlan
 from streams.metrics import Metrics
@@ -85,9 +85,24 @@ class FlushResult:
 
 @dataclass(frozen=True)
 class _Lookup:
+    """What step 1 found: the batch itself is never changed (it stays a value)."""
+
     new: list[ValidMessage]
     new_halves: Halves
     asked: int
+    counted: Counter[tuple[str, int]]  # per partition: newly counted events
+    already_counted: Counter[tuple[str, int]]  # per partition: duplicates of earlier flushes
+
+    def ranges(self, batch: ClassifiedBatch) -> list[PartitionRange]:
+        """The batch's ranges with what this flush counts in each: the ledger rows."""
+        return [
+            replace(
+                r,
+                counted=self.counted.get(key, 0),
+                duplicates=r.duplicates + self.already_counted.get(key, 0),
+            )
+            for key, r in batch.ranges.items()
+        ]
 
 
 class ClickHouseSink:
@@ -194,7 +209,8 @@ class ClickHouseSink:
         #    that hash chained to the last committed flush's (read once after recovery).
         if self._chain_head is None:
             self._chain_head = await self._store("read chain head", self._ledger.chain_head)
-        content = flush_content_sha256(new, batch)
+        ranges = lookup.ranges(batch)
+        content = flush_content_sha256(new, batch.rejected, ranges)
         chain = chain_sha256(self._chain_head, content)
         ledger_rows = [
             [
@@ -212,7 +228,7 @@ class ClickHouseSink:
                 content,
                 chain,
             ]
-            for r in batch.ranges.values()
+            for r in ranges
         ]
         await self._store(
             "commit flush", lambda: self._ledger.commit(ledger_rows, f"{token}-ledger")
@@ -261,7 +277,7 @@ class ClickHouseSink:
 
     def _look_up(self, batch: ClassifiedBatch) -> _Lookup:
         """Step 1 on the store thread: ask the store about the ids the filter cannot
-        clear, then count each valid message as counted or duplicate in its range."""
+        clear, then count each valid message as counted or duplicate per partition."""
         ids = [valid.event.event_id for valid in batch.valid]
         halves = id_halves(ids)
         if self._seen_ids is None:
@@ -272,18 +288,19 @@ class ClickHouseSink:
         already = self._ledger.already_counted(ask)
         if not already:  # the common case: one count per partition, no per-event split
             per_partition = Counter((v.source.topic, v.source.partition) for v in batch.valid)
-            for key, counted in per_partition.items():
-                batch.ranges[key].counted += counted
-            return _Lookup(list(batch.valid), halves, len(ask))
+            return _Lookup(list(batch.valid), halves, len(ask), per_partition, Counter())
         is_new = [event_id not in already for event_id in ids]
         new: list[ValidMessage] = []
+        counted: Counter[tuple[str, int]] = Counter()
+        duplicates: Counter[tuple[str, int]] = Counter()
         for valid, fresh in zip(batch.valid, is_new, strict=True):
+            key = (valid.source.topic, valid.source.partition)
             if fresh:
                 new.append(valid)
-                batch.range_of(valid.source).counted += 1
+                counted[key] += 1
             else:
-                batch.range_of(valid.source).duplicates += 1
-        return _Lookup(new, halves[np.array(is_new, dtype=np.bool_)], len(ask))
+                duplicates[key] += 1
+        return _Lookup(new, halves[np.array(is_new, dtype=np.bool_)], len(ask), counted, duplicates)
 
     async def _store(self, what: str, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -414,7 +431,11 @@ def counted_events_table(new: Sequence[ValidMessage], seq: int, now: datetime) -
     return pa.table(columns)
 
 
-def flush_content_sha256(new: Sequence[ValidMessage], batch: ClassifiedBatch) -> str:
+def flush_content_sha256(
+    new: Sequence[ValidMessage],
+    rejected: Sequence[RejectedMessage],
+    ranges: Sequence[PartitionRange],
+) -> str:
     """The canonical content hash (`store.ledger.chain`) of what one flush stages and
     commits: its counted events, its rejections and its ledger ranges."""
     events = [
@@ -446,9 +467,9 @@ def flush_content_sha256(new: Sequence[ValidMessage], batch: ClassifiedBatch) ->
             r.source.offset,
             r.source.size,
         )
-        for r in batch.rejected
+        for r in rejected
     ]
-    ranges = [
+    chained_ranges = [
         ChainedRange(
             r.topic,
             r.partition,
@@ -459,9 +480,9 @@ def flush_content_sha256(new: Sequence[ValidMessage], batch: ClassifiedBatch) ->
             r.duplicates,
             r.rejected,
         )
-        for r in batch.ranges.values()
+        for r in ranges
     ]
-    return content_sha256(events, rejections, ranges)
+    return content_sha256(events, rejections, chained_ranges)
 
 
 def _rejection_row(rejected: Any, seq: int, now: datetime) -> list[Any]:
