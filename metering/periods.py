@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Final, Literal
 
+from schemas.errors import InputError
+
 __all__ = [
     "Period",
     "PeriodError",
@@ -37,7 +39,7 @@ _FISCAL_YEAR: Final = re.compile(r"(?:FY)?(?P<year>\d{4})", re.IGNORECASE)
 _FISCAL_QUARTER: Final = re.compile(r"(?:FY)?(?P<year>\d{4})-?Q(?P<quarter>[1-4])", re.IGNORECASE)
 
 
-class PeriodError(ValueError):
+class PeriodError(InputError):
     """A period argument that is not a valid month, fiscal year or fiscal quarter."""
 
 

@@ -43,6 +43,8 @@ from typing import Final, Literal
 
 from pydantic import SecretStr
 
+from schemas.errors import InputError
+
 __all__ = [
     "MIN_KEY_BYTES",
     "PSEUDONYM_KEY_ENV",
@@ -67,7 +69,7 @@ _PREFIX: Final[dict[str, str]] = {"user": "u_", "conversation": "c_"}
 _DOMAIN: Final[dict[str, bytes]] = {"user": b"", "conversation": b"conversation\x00"}
 
 
-class PseudonymKeyError(ValueError):
+class PseudonymKeyError(InputError):
     """The pseudonym key is missing or too short; the message names the variable."""
 
 

@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 from metering.kafka_config import bootstrap_servers
 from metering.progress import Progress
 from metering.settings import Settings
+from schemas.errors import ServiceError
 
 __all__ = [
     "CODECS",
@@ -59,7 +60,7 @@ _MAX_BATCH_BYTES: Final = 1_000_000  # librdkafka's batch.size default
 _MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024  # larger lines are refused before sending
 
 
-class ReplayError(RuntimeError):
+class ReplayError(ServiceError):
     pass
 
 

@@ -15,6 +15,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.errors import InputError
 from store.ddl import CLUSTER_NAME, DeploymentMode
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
@@ -24,7 +25,7 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError):
     """Every invalid setting at once, each named by its environment variable."""
 
 

@@ -9,13 +9,14 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from metering.kafka_config import kafka_python_options
 from metering.settings import Settings
+from schemas.errors import ServiceError
 
 __all__ = ["KafkaUnavailableError", "ensure_topics", "partitions_of"]
 
 log = logging.getLogger("govmeter.topics")
 
 
-class KafkaUnavailableError(RuntimeError):
+class KafkaUnavailableError(ServiceError):
     pass
 
 

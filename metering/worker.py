@@ -31,6 +31,7 @@ from metering.open_store import open_for_writing
 from metering.settings import Settings, SettingsError
 from metering.topics import ensure_topics
 from metering.worker_progress import show_worker_progress
+from schemas.errors import ServiceError
 from store import describe_store
 from store.ledger import Ledger, recover
 from store.retention import apply_retention
@@ -54,7 +55,7 @@ __all__ = ["ROLES", "IntakeError", "WorkerSummary", "run_worker"]
 log = logging.getLogger("govmeter.worker")
 
 
-class IntakeError(RuntimeError):
+class IntakeError(ServiceError):
     """The source topic could not be read; the message says why."""
 
 

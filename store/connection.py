@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from schemas.errors import ServiceError
+
 __all__ = [
     "StoreBusyError",
     "StoreError",
@@ -37,7 +39,7 @@ _CLIENT_SETTINGS: Final[dict[str, Any]] = {
 }
 
 
-class StoreError(RuntimeError):
+class StoreError(ServiceError):
     """The store cannot be opened or used; the message says what to do."""
 
 

@@ -66,6 +66,8 @@ from __future__ import annotations
 import re
 from typing import Final, Literal, get_args
 
+from schemas.errors import InputError
+
 __all__ = [
     "CLUSTER_NAME",
     "MODES",
@@ -127,7 +129,7 @@ _NON_REPLICATED_WINDOW: Final = re.compile(
 )
 
 
-class DDLError(ValueError):
+class DDLError(InputError):
     """A statement or deployment this module cannot render; the message says why."""
 
 

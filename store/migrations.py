@@ -20,6 +20,7 @@ from typing import Final
 
 from clickhouse_connect.driver.client import Client
 
+from schemas.errors import ServiceError
 from store.ddl import DDLError, DeploymentMode, check_cluster, render_statement
 from store.ledger import APPLY_ROLLUPS, Ledger, fold_unapplied_flushes
 
@@ -50,7 +51,7 @@ WHERE cluster = {cluster:String}
 """
 
 
-class MigrationError(RuntimeError):
+class MigrationError(ServiceError):
     pass
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from schemas.errors import InputError
 from schemas.events import UsageEvent
 from schemas.rejections import Rejection, classify
 
@@ -38,7 +39,7 @@ __all__ = [
 Extents = dict[tuple[str, int], tuple[int, int]]
 
 
-class BatchError(ValueError):
+class BatchError(InputError):
     """A message outside the range its flush accounts for."""
 
 

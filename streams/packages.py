@@ -26,6 +26,7 @@ from typing import Any, Final
 import orjson
 from pydantic import ValidationError
 
+from schemas.errors import InputError
 from schemas.events import UsageEvent
 from schemas.rejections import Reason, Rejection
 from streams.batch import SourceMessage
@@ -63,7 +64,7 @@ class PackageReason(StrEnum):
     UNKNOWN_TOPIC = "unknown_topic"  # judged by the store owner, which knows the topic
 
 
-class PackageError(ValueError):
+class PackageError(InputError):
     """A relay package refused whole; `detail` names fields and rules, never values."""
 
     def __init__(self, reason: PackageReason, detail: str) -> None:

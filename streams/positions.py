@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from schemas.errors import ServiceError
+
 __all__ = [
     "Admission",
     "PositionError",
@@ -53,7 +55,7 @@ class Admission(Enum):
     GAP = "gap"
 
 
-class PositionError(RuntimeError):
+class PositionError(ServiceError):
     """Records that cannot come from one contiguous read; counting around them is unsafe."""
 
 

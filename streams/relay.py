@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
+from schemas.errors import ServiceError
 from schemas.events import UsageEvent
 from schemas.rejections import Rejection, classify
 from streams.batch import RejectedMessage, SourceMessage, assemble_batch
@@ -43,7 +44,7 @@ log = logging.getLogger("govmeter.relay")
 PublishPackages = Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[None]]
 
 
-class LedgerGapError(RuntimeError):
+class LedgerGapError(ServiceError):
     """A package starts beyond the ledger position of its source partition."""
 
 

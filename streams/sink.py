@@ -41,6 +41,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from schemas.errors import ServiceError
 from store.ledger import COUNTED_EVENT_COLUMNS, Ledger
 from store.ledger.chain import (
     ChainedEvent,
@@ -66,11 +67,11 @@ T = TypeVar("T")
 DEFAULT_FATAL_TRIES = 3
 
 
-class StoreFailureError(RuntimeError):
+class StoreFailureError(ServiceError):
     """A store step failed in a way retrying does not fix; the message says what to do."""
 
 
-class DeadLetterFailureError(RuntimeError):
+class DeadLetterFailureError(ServiceError):
     """Dead letters could not be published in a way retrying does not fix."""
 
 

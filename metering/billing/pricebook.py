@@ -16,6 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from schemas.errors import InputError
+
 __all__ = [
     "DEFAULT_PRICE_BOOK",
     "ModelPrice",
@@ -43,7 +45,7 @@ _MODEL_KEYS: Final = {
 }
 
 
-class PriceBookError(ValueError):
+class PriceBookError(InputError):
     """The price book is malformed, or has no entry for what is being priced."""
 
 

@@ -29,6 +29,7 @@ from clickhouse_connect.driver.client import Client
 
 from metering.billing.pricebook import PriceBook, PriceBookError
 from metering.periods import Period
+from schemas.errors import ServiceError
 from store.ledger import Ledger
 
 __all__ = [
@@ -70,7 +71,7 @@ STATEMENT_COLUMNS: Final = [
 LineKey = tuple[str, str, str]  # (tenant, agency_id, agency_level), the views' key
 
 
-class BillingError(RuntimeError):
+class BillingError(ServiceError):
     """The store is not in a state that can be billed; the message says what to do."""
 
 

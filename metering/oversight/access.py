@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from schemas.errors import InputError
 from schemas.events import AGENCY_ID
 
 __all__ = [
@@ -56,7 +57,7 @@ QUOTA_READ_ROWS: Final = 10_000_000_000
 QUOTA_EXECUTION_SECONDS: Final = 3_600
 
 
-class AccessError(ValueError):
+class AccessError(InputError):
     """An agency id or password hash that cannot be used."""
 
 

@@ -21,6 +21,7 @@ from clickhouse_connect.driver.client import Client
 
 from metering.periods import Period
 from metering.settings import Settings
+from schemas.errors import ServiceError
 from schemas.events import AGENCY_ID
 
 __all__ = [
@@ -40,7 +41,7 @@ AGENCY_USER_PREFIX: Final = "govmeter_agency_"
 _AUTH_CODES: Final = ("Code: 516", "AUTHENTICATION_FAILED", "Code: 192", "UNKNOWN_USER")
 
 
-class WebStoreError(RuntimeError):
+class WebStoreError(ServiceError):
     """The page cannot read the store; the message says what to do."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from schemas.errors import ServiceError
 from store.local_server.config import (
     READ_AUDIT_DDL,
     ServerLayout,
@@ -41,7 +42,7 @@ __all__ = ["LocalServer", "LocalServerError", "ServerOptions", "local_server_at"
 _PROCESS_MODULE: Final = "store.local_server"
 
 
-class LocalServerError(RuntimeError):
+class LocalServerError(ServiceError):
     """The local server could not be started or stopped; the message says what to do."""
 
 
