@@ -42,7 +42,7 @@ from streams.app import (
     build_app,
 )
 from streams.faults import FaultPlan
-from streams.intake import BatchIntake, CommittedReadProbe
+from streams.intake import BatchIntake, CommittedReadProbe, known_earliest
 from streams.metrics import Metrics
 from streams.pipeline import MeteringPipeline
 from streams.positions import Positions
@@ -114,7 +114,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             return await intake.earliest_offset(topic, partition)
         tp = TP(topic, partition)
         offsets = await app.consumer.earliest_offsets(tp)
-        return int(offsets.get(tp, 0))
+        return known_earliest(offsets, tp)
 
     if role == "processor":
         pipeline = ProcessorPipeline(

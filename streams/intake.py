@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
+from schemas.errors import ServiceError
 from streams.app import BatchHandler
 from streams.batch import ClassifiedBatch, SourceMessage
 from streams.options import CONSUMER_ISOLATION, KafkaClientOptions, StreamOptions
@@ -64,6 +65,25 @@ class StagedHandler(Protocol):
 
 
 log = logging.getLogger("govmeter.intake")
+
+
+class EarliestOffsetUnknownError(ServiceError):
+    """The broker did not say where a partition begins: resuming there would be a guess."""
+
+
+def known_earliest(offsets: Mapping[Any, int | None], tp: Any) -> int:
+    """The partition's earliest offset as the broker said it; never an assumed 0 (a
+    partition whose start was deleted by retention does not begin at 0, and seeking
+    there would count from wherever the consumer's reset policy lands)."""
+    value = offsets.get(tp)
+    if value is None:
+        raise EarliestOffsetUnknownError(
+            f"{tp.topic}[{tp.partition}]: the broker did not say the partition's earliest "
+            "offset, so the worker cannot tell where an uncounted partition begins; check "
+            "the broker (KAFKA_BOOTSTRAP_SERVERS) and restart the worker, which resumes "
+            "from the ledger"
+        )
+    return int(value)
 
 
 @dataclass
@@ -114,7 +134,7 @@ class BatchIntake:
         consumer = self._require_consumer()
         tp = TopicPartition(topic, partition)
         offsets = await consumer.beginning_offsets([tp])
-        return int(offsets.get(tp, 0))
+        return known_earliest(offsets, tp)
 
     def _require_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:

@@ -329,3 +329,16 @@ def test_pipeline_refuses_a_record_a_committed_reader_does_not_get() -> None:
     broker = FakeBroker(first_readable=20)
     with pytest.raises(PositionError):
         admit(broker, {(T, 0): 10}, [13])
+
+
+def test_an_earliest_offset_the_broker_did_not_say_is_not_taken_for_zero() -> None:
+    from aiokafka.structs import TopicPartition
+
+    from streams.intake import EarliestOffsetUnknownError, known_earliest
+
+    tp = TopicPartition("usage.events", 3)
+    assert known_earliest({tp: 1200}, tp) == 1200
+    assert known_earliest({tp: 0}, tp) == 0
+    for answer in ({}, {tp: None}):
+        with pytest.raises(EarliestOffsetUnknownError, match=r"usage.events\[3\]: the broker"):
+            known_earliest(answer, tp)
