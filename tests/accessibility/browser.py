@@ -283,7 +283,11 @@ async def browser(
     browser_path: str, width: int = 1280, height: int = 1000
 ) -> AsyncIterator[Browser]:
     """A headless Chromium with one page, ended when the block ends."""
-    with tempfile.TemporaryDirectory(prefix="govmeter-chromium-") as profile:
+    # Chromium's helper processes can still write to the profile for a moment after the
+    # browser exits: a leftover file there must not fail the test that used it.
+    with tempfile.TemporaryDirectory(
+        prefix="govmeter-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         process = await asyncio.create_subprocess_exec(
             browser_path,
             *_FLAGS,
