@@ -206,6 +206,28 @@ def _grants(tables: tuple[str, ...]) -> str:
     return "".join(f"\n                <query>GRANT SELECT ON {name}</query>" for name in tables)
 
 
+# Shared by the local server's users.xml and the compose server's reporter file: the
+# profile every reader runs in and the hourly quota of agency users.
+_READONLY_PROFILE: Final = """\
+        <readonly>
+            <readonly>1</readonly>
+            <max_execution_time>300</max_execution_time>
+            <max_memory_usage>10000000000</max_memory_usage>
+        </readonly>
+"""
+_AGENCY_QUOTA: Final = """\
+        <agency>
+            <interval>
+                <duration>3600</duration>
+                <queries>1000</queries>
+                <result_rows>100000000</result_rows>
+                <read_rows>10000000000</read_rows>
+                <execution_time>3600</execution_time>
+            </interval>
+        </agency>
+"""
+
+
 def render_users_xml(
     *,
     default_password_sha256: str | None,
@@ -224,24 +246,10 @@ def render_users_xml(
             <async_insert>0</async_insert>
             <max_query_size>268435456</max_query_size>
         </default>
-        <readonly>
-            <readonly>1</readonly>
-            <max_execution_time>300</max_execution_time>
-            <max_memory_usage>10000000000</max_memory_usage>
-        </readonly>
-    </profiles>
+{_READONLY_PROFILE}    </profiles>
     <quotas>
         <default></default>
-        <agency>
-            <interval>
-                <duration>3600</duration>
-                <queries>1000</queries>
-                <result_rows>100000000</result_rows>
-                <read_rows>10000000000</read_rows>
-                <execution_time>3600</execution_time>
-            </interval>
-        </agency>
-    </quotas>
+{_AGENCY_QUOTA}    </quotas>
     <users>
         <default>
             {_password_element(default_password_sha256)}
@@ -279,23 +287,9 @@ def render_server_reporter_xml() -> str:
          metering access agency-user (users-dir). Regenerate this one with:
          python -m store.local_server reporter-xml -->
     <profiles>
-        <readonly>
-            <readonly>1</readonly>
-            <max_execution_time>300</max_execution_time>
-            <max_memory_usage>10000000000</max_memory_usage>
-        </readonly>
-    </profiles>
+{_READONLY_PROFILE}    </profiles>
     <quotas>
-        <agency>
-            <interval>
-                <duration>3600</duration>
-                <queries>1000</queries>
-                <result_rows>100000000</result_rows>
-                <read_rows>10000000000</read_rows>
-                <execution_time>3600</execution_time>
-            </interval>
-        </agency>
-    </quotas>
+{_AGENCY_QUOTA}    </quotas>
     <users>
 {_reporter_user('<password from_env="CLICKHOUSE_REPORTER_PASSWORD"/>', ("::/0",))}
     </users>
