@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
 from collections import defaultdict
-from collections.abc import Iterator
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.accessibility.browser import chromium as find_or_install_chromium
+from tests.accessibility.browser import headless
 from tests.integration.harness import CORPUS, ROOT, MeteringRun, expected
 
 pytestmark = pytest.mark.integration
@@ -401,51 +400,9 @@ def test_agency_scope_shows_that_agency_only(corpus: MeteringRun, tmp_path: Path
 
 
 @pytest.fixture(scope="session")
-def chromium() -> Iterator[str]:
+def chromium() -> str:
     """Headless Chromium from Debian's `chromium` package, installed here if missing."""
-    found = shutil.which("chromium")
-    if found is None:
-        if os.geteuid() != 0:
-            pytest.fail(
-                "chromium is not installed and installing it needs root: "
-                "run `apt-get install -y chromium` first"
-            )
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            result = subprocess.run(
-                command, env=env, capture_output=True, text=True, timeout=1200, check=False
-            )
-            if result.returncode != 0:
-                pytest.fail(
-                    f"`{' '.join(command)}` failed (exit {result.returncode}); the HTML "
-                    f"report test needs Chromium:\n{result.stderr[-2000:]}"
-                )
-        found = shutil.which("chromium")
-        if found is None:
-            pytest.fail("apt-get installed chromium but no `chromium` is on PATH")
-    yield found
-
-
-def headless(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return find_or_install_chromium()
 
 
 def test_html_report_renders_in_headless_chromium(
