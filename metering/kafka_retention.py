@@ -17,15 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 from clickhouse_connect.driver.client import Client
 
 from metering.kafka_config import kafka_python_options
 from metering.settings import Settings
+from store.expired_offsets import Gap, read_expired, record_expired
 from streams.metrics import Metrics
 
 __all__ = [
@@ -47,28 +46,6 @@ log = logging.getLogger("govmeter.retention")
 DAY_MS: Final = 86_400_000
 HOUR_MS: Final = 3_600_000
 _TIMEOUTS: Final = {"bootstrap_timeout_ms": 5_000, "request_timeout_ms": 10_000}
-
-
-@dataclass(frozen=True)
-class Gap:
-    """Offsets first_missing .. resume_at - 1 of a partition: deleted, never counted."""
-
-    topic: str
-    partition: int
-    first_missing: int
-    resume_at: int
-    detected_at: datetime | None = None  # None: seen on the broker, not yet recorded
-    worker: str = ""
-
-    @property
-    def messages(self) -> int:
-        return self.resume_at - self.first_missing
-
-    def describe(self) -> str:
-        return (
-            f"{self.topic}[{self.partition}] offsets {self.first_missing}..{self.resume_at - 1} "
-            f"({self.messages:,} message(s))"
-        )
 
 
 def _days(ms: int) -> str:
@@ -177,41 +154,6 @@ def expired_gaps(
         Gap(topic, partition, resume[(topic, partition)], offset)
         for partition, offset in sorted(earliest.items())
         if (topic, partition) in resume and offset > resume[(topic, partition)]
-    ]
-
-
-_RECORD_COLUMNS: Final = [
-    "topic",
-    "partition",
-    "first_missing",
-    "resume_at",
-    "detected_at",
-    "worker",
-]
-
-# One gap may be recorded more than once (seen at start and by the pipeline, or by two
-# runs of a worker that counted nothing past it): one row per gap, the furthest resume.
-_EXPIRED_SQL: Final = """
-SELECT topic, partition, first_missing, max(resume_at), min(detected_at), any(worker)
-FROM metering.expired_offsets
-GROUP BY topic, partition, first_missing
-ORDER BY topic, partition, first_missing
-"""
-
-
-def record_expired(client: Client, gaps: Sequence[Gap], worker: str) -> None:
-    now = datetime.now(UTC)
-    client.insert(
-        "metering.expired_offsets",
-        [[g.topic, g.partition, g.first_missing, g.resume_at, now, worker] for g in gaps],
-        column_names=_RECORD_COLUMNS,
-    )
-
-
-def read_expired(client: Client) -> list[Gap]:
-    return [
-        Gap(str(r[0]), int(r[1]), int(r[2]), int(r[3]), r[4], str(r[5]))
-        for r in client.query(_EXPIRED_SQL).result_rows
     ]
 
 
