@@ -149,3 +149,32 @@ def test_a_number_beyond_the_float_range_keeps_its_key(line: bytes) -> None:
     assert reference_key(line) is None
     assert _beyond_float_range(line)
     assert key_for(line) == b"a"
+
+
+class _RecordingProducer:
+    """Stands in for confluent-kafka's Producer: records what `Publisher._send` hands it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes | None]] = []
+
+    def produce(self, topic: str, value: bytes, key: str | None, *_: object) -> None:
+        self.sent.append((value, None if key is None else key.encode()))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def test_the_publishers_inlined_key_is_key_for() -> None:
+    # `Publisher._send` inlines the fast path of `key_for`: every line it sends must get
+    # the same key, and empty lines none at all.
+    from metering.replay import Publisher
+
+    lines = [*read_lines(CORPUS), *_mutations(seed=29, count=5_000), b"\xc3\xa9", b"{}"]
+    publisher = object.__new__(Publisher)
+    producer = _RecordingProducer()
+    publisher.topic = "t"
+    publisher.queued = 0
+    publisher._producer = producer  # type: ignore[assignment]
+    block = [line for pair in zip(lines, [b""] * len(lines), strict=True) for line in pair]
+    assert publisher._send([block[:7], block[7:]], None) == len(lines)
+    assert producer.sent == [(line, key_for(line)) for line in lines]
