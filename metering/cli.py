@@ -121,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_reporting_commands(commands)
 
+    from metering.corrections import add_correct_command
+
+    add_correct_command(commands)
+
     from metering.audit import add_audit_command
 
     add_audit_command(commands)
@@ -184,6 +188,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if reported is not None:
         return reported
     command = args.command
+    if command == "correct":
+        from metering.corrections import run_correct
+
+        return run_correct(args, settings)
     if command == "audit":
         from metering.audit import run_audit
 

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     relay_topic: Annotated[
         str, Field(validation_alias=_env("METERING_RELAY_TOPIC"), pattern=r"^[A-Za-z0-9._-]+$")
     ] = "usage.events.flushes"
+    # `metering correct` publishes here; the worker owning the store applies each record.
+    corrections_topic: Annotated[
+        str,
+        Field(validation_alias=_env("METERING_CORRECTIONS_TOPIC"), pattern=r"^[A-Za-z0-9._-]+$"),
+    ] = "usage.corrections"
     kafka_security_protocol: Annotated[
         Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
         Field(validation_alias=_env("KAFKA_SECURITY_PROTOCOL")),

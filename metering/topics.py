@@ -1,4 +1,5 @@
-"""Create the events and dead-letter topics explicitly (kafka-python admin)."""
+"""Create the events, dead-letter, relay and corrections topics explicitly (kafka-python
+admin)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _admin(settings: Settings) -> KafkaAdminClient:
 
 
 def ensure_topics(settings: Settings) -> None:
-    """Create the events, dead-letter and relay topics if missing."""
+    """Create the events, dead-letter, relay and corrections topics if missing."""
     admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
@@ -54,16 +55,19 @@ def ensure_topics(settings: Settings) -> None:
             for name in (settings.events_topic, settings.dlq_topic)
             if name not in existing
         ]
-        if settings.relay_topic not in existing:
-            # One partition: the store owner must see every package in one order.
-            wanted.append(
-                NewTopic(
-                    settings.relay_topic,
-                    num_partitions=1,
-                    replication_factor=replication,
-                    topic_configs=retention,
+        # One partition each: the store owner must see every package in one order, and
+        # corrections apply in the order they were published (the latest one of an
+        # event wins).
+        for single in (settings.relay_topic, settings.corrections_topic):
+            if single not in existing:
+                wanted.append(
+                    NewTopic(
+                        single,
+                        num_partitions=1,
+                        replication_factor=replication,
+                        topic_configs=retention,
+                    )
                 )
-            )
         if wanted:
             try:
                 admin.create_topics(wanted)

@@ -33,6 +33,7 @@ from metering.topics import ensure_topics
 from metering.worker_progress import show_worker_progress
 from schemas.errors import ServiceError
 from store import describe_store
+from store.corrections import CorrectionStore
 from store.ledger import Ledger, recover
 from store.retention import apply_retention
 from streams.app import (
@@ -41,6 +42,7 @@ from streams.app import (
     attach_pipeline,
     build_app,
 )
+from streams.corrections import CorrectionApplier, CorrectionsReader, recover_corrections
 from streams.faults import FaultPlan
 from streams.intake import BatchIntake, CommittedReadProbe, known_earliest
 from streams.metrics import Metrics
@@ -90,6 +92,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     health_watch = asyncio.create_task(health.watch())
     worker_name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     sink: ClickHouseSink | None = None
+    corrections: CorrectionsReader | None = None
     client = None
     pipeline: Any
 
@@ -143,6 +146,11 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
                 "flushes_reapplied": state.flushes_reapplied,
             },
         )
+        faults = FaultPlan.from_environment()
+        correction_store = CorrectionStore(client)
+        finished = recover_corrections(correction_store, faults)
+        if finished:
+            log.info("corrections finished at start", extra={"corrections": finished})
         seen_ids = None
         if settings.dedupe_filter_mb:
             began = time.monotonic()
@@ -162,9 +170,25 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             worker=worker_name,
             retry_max_seconds=settings.store_retry_max_seconds,
             fatal_tries=settings.store_fatal_tries,
-            faults=FaultPlan.from_environment(),
+            faults=faults,
             metrics=metrics,
             seen_ids=seen_ids,
+        )
+        # Corrections are applied by the process that owns the store, on the sink's
+        # store thread: one correction at a time, never between a flush's steps.
+        corrections = CorrectionsReader(
+            options.kafka,
+            settings.corrections_topic,
+            CorrectionApplier(
+                correction_store,
+                ledger,
+                sink.run_on_store,
+                worker=worker_name,
+                faults=faults,
+                fatal_tries=settings.store_fatal_tries,
+                retry_max_seconds=settings.store_retry_max_seconds,
+            ),
+            correction_store.resume_positions(),
         )
         positions = Positions(state.resume_offsets)
         expiry = ExpiryRecorder(metrics, client, sink.run_on_store, worker_name)
@@ -209,6 +233,11 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     intake_task = asyncio.create_task(intake.run(stop)) if intake is not None else None
     if intake_task is not None:
         intake_task.add_done_callback(lambda _: stop.set())
+    corrections_task = (
+        asyncio.create_task(corrections.run(stop)) if corrections is not None else None
+    )
+    if corrections_task is not None:
+        corrections_task.add_done_callback(lambda _: stop.set())
     log.info(
         "worker consuming",
         extra={"role": role, "topic": source_topic, "group": group, "intake": settings.intake},
@@ -217,15 +246,21 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     if until_idle is not None:
         if sink is not None:
             watcher = asyncio.create_task(
-                _stop_when_idle(settings, pipeline, sink, until_idle, stop)
+                _stop_when_idle(settings, pipeline, sink, corrections, until_idle, stop)
             )
         else:
             watcher = asyncio.create_task(
                 _stop_processor_when_idle(settings, pipeline, until_idle, stop)
             )
     await stop.wait()
-    while pipeline.busy:
+    while pipeline.busy or (corrections is not None and corrections.busy):
         await asyncio.sleep(0.05)
+    corrections_error: BaseException | None = None
+    if corrections_task is not None:
+        if corrections_task.done() and not corrections_task.cancelled():
+            corrections_error = corrections_task.exception()
+        corrections_task.cancel()
+        await asyncio.gather(corrections_task, return_exceptions=True)
     intake_error: BaseException | None = None
     if intake_task is not None:
         if intake_task.done() and not intake_task.cancelled():
@@ -248,6 +283,13 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         sink.close()
     if client is not None:
         client.close()
+    if corrections_error is not None:
+        if isinstance(corrections_error, ServiceError):
+            raise corrections_error
+        raise IntakeError(
+            f"reading {settings.corrections_topic} failed: "
+            f"{type(corrections_error).__name__}: {corrections_error}"
+        ) from corrections_error
     if intake_error is not None:
         raise IntakeError(
             f"reading {source_topic} failed: {type(intake_error).__name__}: {intake_error}"
@@ -389,10 +431,12 @@ async def _stop_when_idle(
     settings: Settings,
     pipeline: Any,
     sink: ClickHouseSink,
+    corrections: CorrectionsReader | None,
     idle_seconds: float,
     stop: asyncio.Event,
 ) -> None:
-    """Set `stop` once the ledger covers the whole topic and nothing arrived lately."""
+    """Set `stop` once the ledger covers the whole topic, every record of the corrections
+    topic is decided, and nothing arrived lately."""
     probe = _OffsetProbe(settings)
     try:
         while True:
@@ -407,6 +451,12 @@ async def _stop_when_idle(
                 if topic == settings.events_topic
             }
             behind = await _probe(probe, probe.behind, settings.events_topic, ledger)
+            if behind == {} and corrections is not None:
+                if corrections.busy:
+                    continue
+                behind = await _probe(
+                    probe, probe.behind, settings.corrections_topic, corrections.handled()
+                )
             if behind == {} and not pipeline.busy:
                 log.info("idle and fully flushed; stopping", extra={"idle_seconds": idle_seconds})
                 stop.set()

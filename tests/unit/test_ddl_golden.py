@@ -59,6 +59,10 @@ EXPECTED_OBJECTS = sorted(
         "billing_lines",
         "billing_runs",
         "certificates",
+        "corrected_events",
+        "correction_marks",
+        "corrections",
+        "corrections_applied",
         "counted_events",
         "expired_offsets",
         "flush_applied",
@@ -137,7 +141,7 @@ def test_every_cluster_statement_is_on_the_cluster_and_every_table_replicated() 
         if statement.startswith("CREATE TABLE"):
             assert "ENGINE = Replicated" in statement, statement
     tables = [s for s in statements if s.startswith("CREATE TABLE")]
-    assert len(tables) == 15  # schema_migrations and the fourteen tables of the SQL files
+    assert len(tables) == 18  # schema_migrations and the seventeen tables of the SQL files
     windowed = [s for s in tables if "replicated_deduplication_window = 10000" in s]
     assert [re.search(r"metering\.(\w+)", s)[1] for s in windowed] == [  # type: ignore[index]
         "flush_ledger",
@@ -149,6 +153,8 @@ def test_every_cluster_statement_is_on_the_cluster_and_every_table_replicated() 
         "model_monthly_rollup",
         "tenant_daily_rollup",
         "billing_claims",
+        "corrections",
+        "correction_marks",
     ]
     for statement in windowed:
         assert "replicated_deduplication_window_seconds = 604800" in statement

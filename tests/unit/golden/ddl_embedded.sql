@@ -342,3 +342,100 @@ CREATE TABLE IF NOT EXISTS metering.certificates
 )
 ENGINE = MergeTree
 ORDER BY (period, created_at);
+
+-- store/sql/0010_corrections.sql (sha256 1eade21df247c55d9bc28dad7fb39aedc03ee7f238e0d68c50c741cdcf706910)
+CREATE TABLE IF NOT EXISTS metering.corrections
+(
+    correction_id     String,
+    correction_seq    UInt64,
+    status            LowCardinality(String),
+    refused_reason    String,
+    action            LowCardinality(String),
+    reason            String,
+    requested_by      String,
+    approved_by       String,
+    requested_at      DateTime64(3, 'UTC'),
+    event_id          String,
+    scope_agency_id   String,
+    scope_from        Nullable(DateTime64(3, 'UTC')),
+    scope_to          Nullable(DateTime64(3, 'UTC')),
+    amendments        String,
+    events_marked     UInt64,
+    first_day         Nullable(Date),
+    last_day          Nullable(Date),
+    source_topic      String,
+    source_partition  UInt32,
+    source_offset     UInt64,
+    worker            String,
+    committed_at      DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY correction_id
+SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE TABLE IF NOT EXISTS metering.correction_marks
+(
+    event_id        UUID,
+    correction_seq  UInt64,
+    correction_id   String,
+    action          LowCardinality(String),
+    agency_id       String,
+    agency_level    LowCardinality(String),
+    tokens_in       UInt32,
+    tokens_out      UInt32,
+    marked_at       DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (event_id, correction_seq)
+SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE TABLE IF NOT EXISTS metering.corrections_applied
+(
+    correction_seq  UInt64,
+    correction_id   String,
+    keys_rebuilt    UInt64,
+    applied_at      DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY correction_seq;
+
+CREATE VIEW IF NOT EXISTS metering.corrected_events AS
+SELECT
+    e.event_id                                                    AS event_id,
+    e.occurred_at                                                 AS occurred_at,
+    e.tenant                                                      AS tenant,
+    if(m.latest_seq = 0, e.agency_id, m.latest_agency_id)            AS agency_id,
+    if(m.latest_seq = 0, toString(e.agency_level), toString(m.latest_agency_level))
+                                                                  AS agency_level,
+    e.user_id                                                     AS user_id,
+    e.conversation_id                                             AS conversation_id,
+    toString(e.model)                                             AS model,
+    toString(e.feature)                                           AS feature,
+    if(m.latest_seq = 0, e.tokens_in, m.latest_tokens_in)            AS tokens_in,
+    if(m.latest_seq = 0, e.tokens_out, m.latest_tokens_out)          AS tokens_out,
+    e.topic                                                       AS topic,
+    e.partition                                                   AS partition,
+    e.offset                                                      AS offset,
+    e.flush_seq                                                   AS flush_seq,
+    e.ingested_at                                                 AS ingested_at,
+    m.latest_id                                               AS correction_id
+FROM metering.counted_events AS e
+LEFT JOIN
+(
+    SELECT
+        event_id                                         AS marked_event_id,
+        max(correction_seq)                              AS latest_seq,
+        argMax(correction_id, correction_seq)            AS latest_id,
+        argMax(toString(action), correction_seq)         AS latest_action,
+        argMax(agency_id, correction_seq)                AS latest_agency_id,
+        argMax(toString(agency_level), correction_seq)   AS latest_agency_level,
+        argMax(tokens_in, correction_seq)                AS latest_tokens_in,
+        argMax(tokens_out, correction_seq)               AS latest_tokens_out
+    FROM metering.correction_marks
+    WHERE correction_seq IN (SELECT correction_seq FROM metering.corrections)
+    GROUP BY event_id
+) AS m ON e.event_id = m.marked_event_id
+WHERE e.flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
+  AND m.latest_action != 'void';
+
+ALTER TABLE metering.billing_runs ADD COLUMN IF NOT EXISTS corrections Array(String) DEFAULT [];

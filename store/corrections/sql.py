@@ -1,0 +1,252 @@
+"""Every statement about corrections, in one place for review (`CorrectionStore` runs
+them). The tables and the corrected record are in `store/sql/0010_corrections.sql`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+from typing import Final
+
+from schemas.events import AGENCY_ID, TENANT
+from store.ledger.sql import APPLY_ROLLUPS
+
+__all__ = [
+    "AFFECTED_KEYS",
+    "CORRECTION_COLUMNS",
+    "DECIDED",
+    "DELETE_ORPHAN_MARKS",
+    "EVENT_STATE",
+    "MARKED",
+    "MARK_APPLIED",
+    "MAX_SEQ",
+    "ORPHAN_MARKS",
+    "RANGE_COUNT",
+    "REBUILD_GRAIN",
+    "RESUME_POSITIONS",
+    "SCOPE_EVENT",
+    "SCOPE_RANGE",
+    "UNAPPLIED",
+    "RollupKey",
+    "delete_keys_sql",
+    "marks_sql",
+    "rebuild_keys_sql",
+]
+
+CORRECTION_COLUMNS: Final = (
+    "correction_id",
+    "correction_seq",
+    "status",
+    "refused_reason",
+    "action",
+    "reason",
+    "requested_by",
+    "approved_by",
+    "requested_at",
+    "event_id",
+    "scope_agency_id",
+    "scope_from",
+    "scope_to",
+    "amendments",
+    "events_marked",
+    "first_day",
+    "last_day",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "worker",
+    "committed_at",
+)
+
+DECIDED: Final = """
+SELECT status, correction_seq, refused_reason
+FROM metering.corrections
+WHERE correction_id = {correction_id:String}
+ORDER BY correction_seq
+LIMIT 1
+"""
+
+MAX_SEQ: Final = "SELECT max(correction_seq) FROM metering.corrections"
+
+# Where the corrections topic resumes: after the last record a correction was decided
+# from (a record repeating a decided id is skipped again, by its id).
+RESUME_POSITIONS: Final = """
+SELECT source_topic, source_partition, max(source_offset) + 1
+FROM metering.corrections
+GROUP BY source_topic, source_partition
+"""
+
+ORPHAN_MARKS: Final = (
+    "SELECT count() FROM metering.correction_marks WHERE correction_seq > {seq:UInt64}"
+)
+DELETE_ORPHAN_MARKS: Final = (
+    "ALTER TABLE metering.correction_marks DELETE WHERE correction_seq > {seq:UInt64}"
+)
+
+UNAPPLIED: Final = """
+SELECT correction_seq, correction_id
+FROM metering.corrections
+WHERE status = 'applied'
+  AND correction_seq NOT IN (SELECT correction_seq FROM metering.corrections_applied)
+ORDER BY correction_seq
+"""
+
+# One event as the corrected record has it now ('' agency: not there, voided or never
+# counted) and whether a committed flush counted it at all.
+EVENT_STATE: Final = """
+SELECT
+  (SELECT count() FROM metering.corrected_events WHERE event_id = {event_id:UUID}),
+  (SELECT count() FROM metering.counted_events
+   WHERE event_id = {event_id:UUID}
+     AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger))
+"""
+
+RANGE_COUNT: Final = """
+SELECT count() FROM metering.corrected_events
+WHERE agency_id = {agency_id:String}
+  AND occurred_at >= {from:DateTime64(3, 'UTC')} AND occurred_at < {to:DateTime64(3, 'UTC')}
+"""
+
+# Step a: one mark per event in scope, holding the event's whole state after the
+# correction: a new value where the amendment gives one, else the current value.
+_MARKS: Final = """
+INSERT INTO metering.correction_marks
+    (event_id, correction_seq, correction_id, action, agency_id, agency_level,
+     tokens_in, tokens_out, marked_at)
+SETTINGS insert_deduplicate = 1, insert_deduplication_token = {token}
+SELECT event_id, {{seq:UInt64}}, {{correction_id:String}}, {{action:String}},
+       if({{set_agency:UInt8}}, {{agency_id_new:String}}, agency_id),
+       if({{set_level:UInt8}}, {{agency_level_new:String}}, agency_level),
+       if({{set_in:UInt8}}, {{tokens_in_new:UInt32}}, tokens_in),
+       if({{set_out:UInt8}}, {{tokens_out_new:UInt32}}, tokens_out),
+       now64(3)
+FROM metering.corrected_events
+WHERE {scope}
+"""
+
+SCOPE_EVENT: Final = "event_id = {event_id:UUID}"
+SCOPE_RANGE: Final = (
+    "agency_id = {agency_id:String} AND occurred_at >= {from:DateTime64(3, 'UTC')} "
+    "AND occurred_at < {to:DateTime64(3, 'UTC')}"
+)
+
+
+def marks_sql(scope: str, token: str) -> str:
+    return _MARKS.format(scope=scope, token=_literal(token))
+
+
+MARKED: Final = """
+SELECT count(), min(toDate(e.occurred_at)), max(toDate(e.occurred_at))
+FROM metering.correction_marks AS m
+INNER JOIN metering.counted_events AS e ON e.event_id = m.event_id
+WHERE m.correction_seq = {seq:UInt64}
+"""
+
+# Step c: the keys to rebuild, every version of each marked event: its counted row and
+# each committed mark of it (an amended agency touches the old and the new agency).
+# A superset is harmless: a key rebuilt from the corrected record is the same key.
+AFFECTED_KEYS: Final = """
+SELECT DISTINCT day, tenant, agency_id FROM
+(
+    SELECT toDate(occurred_at) AS day, tenant, agency_id
+    FROM metering.counted_events
+    WHERE event_id IN (SELECT event_id FROM metering.correction_marks
+                       WHERE correction_seq = {seq:UInt64})
+    UNION ALL
+    SELECT toDate(e.occurred_at) AS day, e.tenant AS tenant, m.agency_id AS agency_id
+    FROM metering.correction_marks AS m
+    INNER JOIN metering.counted_events AS e ON e.event_id = m.event_id
+    WHERE m.event_id IN (SELECT event_id FROM metering.correction_marks
+                         WHERE correction_seq = {seq:UInt64})
+      AND m.correction_seq IN (SELECT correction_seq FROM metering.corrections)
+)
+ORDER BY day, tenant, agency_id
+"""
+
+RollupKey = tuple[date, str, str]  # (day, tenant, agency_id)
+
+# How each rollup is keyed for a rebuild: the columns of its rows and the expression of
+# the corrected record they come from, coarsest first. Every row of a (tenant, day or
+# month, agency) is rebuilt, whatever its level, model or feature; tenant_daily_rollup
+# holds whole tenant-days, so those are rebuilt from the tenant-day's events.
+REBUILD_GRAIN: Final = {
+    "agency_daily_rollup": (("tenant", "day", "agency_id"), "day"),
+    "model_daily_rollup": (("tenant", "day", "agency_id"), "day"),
+    "agency_monthly_rollup": (("tenant", "month", "agency_id"), "month"),
+    "model_monthly_rollup": (("tenant", "month", "agency_id"), "month"),
+    "tenant_daily_rollup": (("tenant", "day"), "day"),
+}
+
+_EVENT_EXPRESSIONS: Final = {
+    "tenant": "tenant",
+    "agency_id": "agency_id",
+    "day": "toDate(occurred_at)",
+    "month": "toStartOfMonth(toDate(occurred_at))",
+}
+
+_FLUSH_FILTER: Final = "FROM metering.counted_events\nWHERE flush_seq = {flush_seq:UInt64}"
+
+REBUILD_SETTINGS: Final = {"max_threads": 1, "max_insert_threads": 1, "insert_deduplicate": 1}
+
+_SAFE: Final = {"tenant": TENANT, "agency_id": AGENCY_ID}
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _tuples(rollup: str, keys: Iterable[RollupKey]) -> list[tuple[str, ...]]:
+    columns, period = REBUILD_GRAIN[rollup]
+    chosen: set[tuple[str, ...]] = set()
+    for day, tenant, agency_id in keys:
+        values = {
+            "tenant": tenant,
+            "agency_id": agency_id,
+            period: (day if period == "day" else day.replace(day=1)).isoformat(),
+        }
+        for name, pattern in _SAFE.items():
+            if name in columns and pattern.fullmatch(values[name]) is None:
+                raise ValueError(f"{name} {values[name][:70]!r} is not a valid identifier")
+        chosen.add(tuple(values[c] for c in columns))
+    return sorted(chosen)
+
+
+def _in_list(rollup: str, keys: Iterable[RollupKey], *, from_events: bool) -> str:
+    columns, period = REBUILD_GRAIN[rollup]
+    left = ", ".join(_EVENT_EXPRESSIONS[c] if from_events else c for c in columns)
+    rows = []
+    for values in _tuples(rollup, keys):
+        cells = [
+            f"toDate('{v}')" if c == period else _literal(v)
+            for c, v in zip(columns, values, strict=True)
+        ]
+        rows.append("(" + ", ".join(cells) + ")")
+    return f"({left}) IN ({', '.join(rows)})"
+
+
+def delete_keys_sql(rollup: str, keys: Iterable[RollupKey]) -> str:
+    """Delete every row of the affected keys (lightweight DELETE: measured to work on
+    AggregatingMergeTree with the bundled engine; synchronous)."""
+    return (
+        f"DELETE FROM metering.{rollup} WHERE {_in_list(rollup, keys, from_events=False)} "
+        "SETTINGS lightweight_deletes_sync = 2"
+    )
+
+
+def rebuild_keys_sql(rollup: str, keys: Iterable[RollupKey], token: str) -> str:
+    """Re-insert the affected keys from the corrected record, with the same aggregates
+    as the flush fold (`store.ledger.sql.APPLY_ROLLUPS`) and a token of its own: the
+    rollups' deduplication window drops an INSERT identical to a recent block, so a
+    rebuild repeated after a crash would otherwise vanish."""
+    select = APPLY_ROLLUPS[rollup]
+    if _FLUSH_FILTER not in select:
+        raise RuntimeError(f"store/ledger/sql.py APPLY_ROLLUPS[{rollup!r}] changed its FROM")
+    select = select.replace(
+        _FLUSH_FILTER,
+        "FROM metering.corrected_events\nWHERE " + _in_list(rollup, keys, from_events=True),
+    )
+    settings = {**REBUILD_SETTINGS, "insert_deduplication_token": _literal(token)}
+    clause = ", ".join(f"{name} = {value}" for name, value in settings.items())
+    return f"INSERT INTO metering.{rollup}\nSETTINGS {clause}{select}"
+
+
+MARK_APPLIED: Final = "metering.corrections_applied"

@@ -1,0 +1,137 @@
+"""Every question and write about corrections, behind one class (the statements are in
+`sql.py`). The order of the writes, which makes a correction exactly once, is the
+applier's (`streams/corrections.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from store.corrections import sql
+from store.corrections.sql import RollupKey
+
+__all__ = ["CorrectionStore", "Decision", "Marked"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A correction already decided: its status and number."""
+
+    status: str
+    correction_seq: int
+    refused_reason: str
+
+
+@dataclass(frozen=True)
+class Marked:
+    events: int
+    first_day: date | None
+    last_day: date | None
+
+
+class CorrectionStore:
+    """One store's corrections. Not thread-safe: the applier runs it on the store thread."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    # -- questions -----------------------------------------------------------------
+
+    def decided(self, correction_id: str) -> Decision | None:
+        rows = self.client.query(
+            sql.DECIDED, parameters={"correction_id": correction_id}
+        ).result_rows
+        if not rows:
+            return None
+        status, seq, refused = rows[0]
+        return Decision(str(status), int(seq), str(refused))
+
+    def max_seq(self) -> int:
+        return int(self.client.query(sql.MAX_SEQ).result_rows[0][0] or 0)
+
+    def resume_positions(self) -> dict[tuple[str, int], int]:
+        return {
+            (str(topic), int(partition)): int(offset)
+            for topic, partition, offset in self.client.query(sql.RESUME_POSITIONS).result_rows
+        }
+
+    def orphan_marks(self, committed: int) -> int:
+        return int(
+            self.client.query(sql.ORPHAN_MARKS, parameters={"seq": committed}).result_rows[0][0]
+        )
+
+    def unapplied(self) -> list[tuple[int, str]]:
+        return [(int(s), str(i)) for s, i in self.client.query(sql.UNAPPLIED).result_rows]
+
+    def event_state(self, event_id: str) -> tuple[bool, bool]:
+        """(in the corrected record now, counted by a committed flush at all)."""
+        present, counted = self.client.query(
+            sql.EVENT_STATE, parameters={"event_id": event_id}
+        ).result_rows[0]
+        return int(present) > 0, int(counted) > 0
+
+    def range_count(self, agency_id: str, start: datetime, end: datetime) -> int:
+        return int(
+            self.client.query(
+                sql.RANGE_COUNT, parameters={"agency_id": agency_id, "from": start, "to": end}
+            ).result_rows[0][0]
+        )
+
+    def marked(self, seq: int) -> Marked:
+        count, first, last = self.client.query(sql.MARKED, parameters={"seq": seq}).result_rows[0]
+        return Marked(int(count), first if int(count) else None, last if int(count) else None)
+
+    def affected_keys(self, seq: int) -> list[RollupKey]:
+        rows = self.client.query(sql.AFFECTED_KEYS, parameters={"seq": seq}).result_rows
+        return [(day, str(tenant), str(agency)) for day, tenant, agency in rows]
+
+    # -- writes --------------------------------------------------------------------
+
+    def delete_orphan_marks(self, committed: int) -> None:
+        self.client.command(
+            sql.DELETE_ORPHAN_MARKS, parameters={"seq": committed}, settings={"mutations_sync": 2}
+        )
+
+    def write_marks(self, scope: str, parameters: Mapping[str, Any], token: str) -> None:
+        """Step a: the marks of every event in scope (`sql.SCOPE_EVENT` or `SCOPE_RANGE`)."""
+        self.client.command(sql.marks_sql(scope, token), parameters=dict(parameters))
+
+    def commit(self, row: Mapping[str, Any], token: str) -> None:
+        """Step b, the commit point: the correction's one row (`CORRECTION_COLUMNS`)."""
+        self.client.insert(
+            "metering.corrections",
+            [[row[name] for name in sql.CORRECTION_COLUMNS]],
+            column_names=list(sql.CORRECTION_COLUMNS),
+            settings={"insert_deduplicate": 1, "insert_deduplication_token": token},
+        )
+
+    def rebuild(
+        self,
+        keys: list[RollupKey],
+        token: str,
+        after_each: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """Step c: delete and re-insert every affected key of every rollup from the
+        corrected record. Safe to repeat: a repeat deletes what a crashed attempt left
+        and inserts again under its own `token` (unique per attempt)."""
+        if not keys:
+            return
+        for rollup in sql.REBUILD_GRAIN:
+            self.client.command(sql.delete_keys_sql(rollup, keys))
+            if after_each is not None:
+                after_each("delete", rollup)
+            self.client.command(sql.rebuild_keys_sql(rollup, keys, f"{token}-{rollup}"))
+            if after_each is not None:
+                after_each("rebuild", rollup)
+
+    def mark_applied(self, seq: int, correction_id: str, keys: int) -> None:
+        """Step d."""
+        self.client.insert(
+            sql.MARK_APPLIED,
+            [[seq, correction_id, keys, datetime.now(UTC)]],
+            column_names=["correction_seq", "correction_id", "keys_rebuilt", "applied_at"],
+        )
