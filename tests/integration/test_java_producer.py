@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def java() -> str:
     return command
 
 
-def write_steps(path: Path, records: list[tuple[bytes, Message | None]]) -> None:
+def write_steps(path: Path, records: Sequence[tuple[bytes, Message | None]]) -> None:
     """The steps file StepProducer reads: an op byte, then key and value for sends."""
     with path.open("wb") as out:
         for op, message in records:
