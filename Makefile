@@ -13,7 +13,7 @@ DEMO_DAY ?= 2026-11-02
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(or $(KAFKA_PORT),9092)
 
 .PHONY: setup demo test unit integration lint typecheck bench kafka-start kafka-stop \
-	clickhouse-start clickhouse-stop clean
+	clickhouse-start clickhouse-stop clean bench-month
 
 setup: $(STAMP)
 
@@ -82,6 +82,11 @@ typecheck: setup
 
 bench: setup kafka-start clickhouse-start
 	$(BIN)/python -m bench.pipeline
+
+# the recorded month end to end (18M events, about 30 minutes; MONTH_MESSAGES=1000000 to check)
+MONTH_MESSAGES ?= 18000000
+bench-month: setup kafka-start
+	$(BIN)/python -m bench.month --messages $(MONTH_MESSAGES)
 
 clean:
 	-infra/kafka/stop

@@ -35,7 +35,7 @@ from bench.runner import RunRecord, run_process
 from bench.topic import create_topic, delete_topics_containing, topic_messages
 from metering.replay import key_for, line_blocks, numbered_lines
 
-__all__ = ["main"]
+__all__ = ["Contender", "Row", "format_rows", "main", "run_row"]
 
 _REPO = Path(__file__).resolve().parent.parent
 _MAX_REQUEST = 8 * 1024 * 1024
@@ -233,7 +233,7 @@ def _argv(key: str, path: Path, topic: str, bootstrap: str, compression: str) ->
     ]
 
 
-def _run_row(
+def run_row(
     contender: Contender,
     corpus: Path,
     plain: Path | None,
@@ -243,11 +243,16 @@ def _run_row(
     partitions: int,
     timeout: float,
     log_path: Path,
+    *,
+    create: bool = True,
 ) -> Row:
+    """Publish the file with one contender to `topic` (created first unless `create` is
+    false) and check the topic then holds `expected` messages."""
     if contender.key == "kcat" and shutil.which("kcat") is None:
         return Row(contender, "NOT RUN", "kcat is not installed (apt-get install kcat)")
     path = plain if contender.key == "kcat" and plain is not None else corpus
-    create_topic(bootstrap, topic, partitions)
+    if create:
+        create_topic(bootstrap, topic, partitions)
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -468,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"{corpus}: {size_mb:,.1f} MB, {expected:,} messages; run id {run_id}")
         for number, contender in enumerate(wanted, 1):
             _say(f"running {contender.name}")
-            row = _run_row(
+            row = run_row(
                 contender,
                 corpus,
                 plain,

@@ -17,7 +17,9 @@ from bench.contenders.markers import DONE, FIRST, READY, emit
 __all__ = ["main"]
 
 
-async def consume(bootstrap: str, topic: str, group: str, expect: int) -> int:
+async def consume(
+    bootstrap: str, topic: str, group: str, expect: int, skip_invalid: bool = False
+) -> int:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap.split(","),
@@ -36,7 +38,11 @@ async def consume(bootstrap: str, topic: str, group: str, expect: int) -> int:
             batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
             for records in batches.values():
                 for record in records:
-                    members += len(loads(record.value))
+                    try:
+                        members += len(loads(record.value))
+                    except (orjson.JSONDecodeError, TypeError):
+                        if not skip_invalid:
+                            raise
                     if not seen:
                         emit(FIRST)
                     seen += 1
@@ -52,8 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--topic", required=True)
     p.add_argument("--group", required=True)
     p.add_argument("--expect", type=int, required=True)
+    p.add_argument(
+        "--skip-invalid", action="store_true", help="count lines that are not JSON objects too"
+    )
     args = p.parse_args(argv)
-    asyncio.run(consume(args.bootstrap, args.topic, args.group, args.expect))
+    asyncio.run(consume(args.bootstrap, args.topic, args.group, args.expect, args.skip_invalid))
     return 0
 
 
