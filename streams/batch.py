@@ -11,16 +11,29 @@ message for this reader (transaction markers, aborted records, compacted holes) 
 `last_offset - first_offset + 1 - messages`; a range may hold no message at all (a
 read that moved only past markers). Without extents (the store owner's relayed
 packages) a range spans the first and last message offsets, as before.
+
+Valid events stay in columns (`streams.valid_events.ValidEvents`): `classify_batch`
+takes them from the fast path's decode (`schemas.fast_path.decide_columns`) and the
+per-partition counts from the sorted positions, so a valid event costs no Python
+object of its own; only the messages the fast path cannot decide are classified one
+by one (`classify_fully`, pydantic the judge).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Final
 
 from schemas.errors import InputError
+from schemas.event_columns import EventColumns
 from schemas.events import UsageEvent
-from schemas.rejections import Rejection, classify
+from schemas.fast_path import decide_columns
+from schemas.rejections import Rejection, classify_fully
+from streams.messages import RejectedMessage, SourceMessage, ValidMessage
+from streams.valid_events import ValidEvents
 
 __all__ = [
     "BatchError",
@@ -29,6 +42,7 @@ __all__ = [
     "PartitionRange",
     "RejectedMessage",
     "SourceMessage",
+    "ValidEvents",
     "ValidMessage",
     "assemble_batch",
     "classify_batch",
@@ -38,38 +52,12 @@ __all__ = [
 # (topic, partition) -> (first_offset, last_offset) a flush accounts for.
 Extents = dict[tuple[str, int], tuple[int, int]]
 
+_POSITION: Final = attrgetter("topic", "partition", "offset")
+_PARTITION_KEY: Final = attrgetter("topic", "partition")
+
 
 class BatchError(InputError):
     """A message outside the range its flush accounts for."""
-
-
-@dataclass(frozen=True, slots=True)
-class SourceMessage:
-    """One Kafka message as read: where it came from and its bytes."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    # Set when the bytes themselves are not carried (a message relayed in a flush package).
-    value_size: int | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.value) if self.value_size is None else self.value_size
-
-
-@dataclass(frozen=True, slots=True)
-class ValidMessage:
-    source: SourceMessage
-    event: UsageEvent
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedMessage:
-    source: SourceMessage
-    rejection: Rejection
 
 
 @dataclass(slots=True)
@@ -88,9 +76,9 @@ class PartitionRange:
 
 @dataclass(slots=True)
 class ClassifiedBatch:
-    valid: list[ValidMessage] = field(default_factory=list)
+    valid: ValidEvents = field(default_factory=ValidEvents)
     rejected: list[RejectedMessage] = field(default_factory=list)
-    in_batch_duplicates: list[ValidMessage] = field(default_factory=list)
+    in_batch_duplicates: ValidEvents = field(default_factory=ValidEvents)
     ranges: dict[tuple[str, int], PartitionRange] = field(default_factory=dict)
 
     @property
@@ -109,9 +97,108 @@ class ClassifiedBatch:
 def classify_batch(
     messages: Iterable[SourceMessage], extents: Extents | None = None
 ) -> ClassifiedBatch:
-    """Classify every message, drop repeats of an event_id within the batch."""
-    ordered = sorted(messages, key=lambda m: (m.topic, m.partition, m.offset))
-    return assemble_batch(((message, classify(message.value)) for message in ordered), extents)
+    """Classify every message, drop repeats of an event_id within the batch.
+
+    The same batch as `assemble_batch` builds from `classify` of each message in
+    (topic, partition, offset) order, without a Python object per valid event.
+    """
+    ordered = sorted(messages, key=_POSITION)
+    decision = decide_columns([message.value for message in ordered])
+    rows, columns = decision.rows, decision.columns
+    rejections: list[tuple[int, Rejection]] = []
+    judged_valid: list[tuple[int, UsageEvent]] = []
+    for index in decision.undecided:
+        outcome = classify_fully(ordered[index].value)
+        if isinstance(outcome, Rejection):
+            rejections.append((index, outcome))
+        else:
+            judged_valid.append((index, outcome))
+    if judged_valid:  # merge them in message order
+        rows = rows + [index for index, _ in judged_valid]
+        columns = columns.joined(EventColumns.of_events(event for _, event in judged_valid))
+        order = sorted(range(len(rows)), key=rows.__getitem__)
+        rows, columns = [rows[k] for k in order], columns.take(order)
+    return _batch_of_sorted(ordered, rows, columns, rejections, extents or {})
+
+
+def _batch_of_sorted(
+    ordered: Sequence[SourceMessage],
+    rows: list[int],
+    columns: EventColumns,
+    rejections: list[tuple[int, Rejection]],
+    extents: Extents,
+) -> ClassifiedBatch:
+    """The flush of messages in (topic, partition, offset) order: `rows` (ascending)
+    are the indices of the valid ones, `columns` their events, `rejections` the rest."""
+    batch = _with_extents(extents)
+    kept, repeated = _first_occurrences(columns.event_id)
+    if repeated:
+        batch.valid = ValidEvents([ordered[rows[k]] for k in kept], columns.take(kept))
+        batch.in_batch_duplicates = ValidEvents(
+            [ordered[rows[k]] for k in repeated], columns.take(repeated)
+        )
+    else:
+        batch.valid = ValidEvents([ordered[row] for row in rows], columns)
+    batch.rejected = [RejectedMessage(ordered[index], why) for index, why in rejections]
+    rejected_at = [index for index, _ in rejections]
+    repeated_at = [rows[k] for k in repeated]
+    keys = list(map(_PARTITION_KEY, ordered))
+    start = 0
+    while start < len(keys):
+        key = keys[start]
+        stop = bisect_right(keys, key, lo=start)
+        first, last = ordered[start].offset, ordered[stop - 1].offset
+        extent = extents.get(key)
+        if extent is not None:
+            if first < extent[0] or last > extent[1]:
+                _refuse_outside(ordered[start:stop], extent)
+            partition_range = batch.ranges[key]
+        else:
+            partition_range = PartitionRange(key[0], key[1], first, last)
+            batch.ranges[key] = partition_range
+        partition_range.messages += stop - start
+        partition_range.rejected += _count_between(rejected_at, start, stop)
+        partition_range.duplicates += _count_between(repeated_at, start, stop)
+        start = stop
+    return batch
+
+
+def _first_occurrences(event_ids: list[str]) -> tuple[list[int], list[int]]:
+    """Rows that hold an id for the first time, and the rows that repeat one."""
+    if len(set(event_ids)) == len(event_ids):
+        return list(range(len(event_ids))), []
+    seen: set[str] = set()
+    kept: list[int] = []
+    repeated: list[int] = []
+    for row, event_id in enumerate(event_ids):
+        if event_id in seen:
+            repeated.append(row)
+        else:
+            seen.add(event_id)
+            kept.append(row)
+    return kept, repeated
+
+
+def _count_between(ascending: list[int], start: int, stop: int) -> int:
+    return bisect_left(ascending, stop) - bisect_left(ascending, start)
+
+
+def _with_extents(extents: Extents) -> ClassifiedBatch:
+    batch = ClassifiedBatch()
+    for (topic, partition), (first, last) in extents.items():
+        if last < first:
+            raise BatchError(f"{topic}[{partition}]: empty extent {first}..{last}")
+        batch.ranges[(topic, partition)] = PartitionRange(topic, partition, first, last)
+    return batch
+
+
+def _refuse_outside(messages: Iterable[SourceMessage], extent: tuple[int, int]) -> None:
+    for message in messages:
+        if not extent[0] <= message.offset <= extent[1]:
+            raise BatchError(
+                f"{message.topic}[{message.partition}]: offset {message.offset} outside "
+                f"the flush's range {extent[0]}..{extent[1]}"
+            )
 
 
 def assemble_batch(
@@ -123,22 +210,14 @@ def assemble_batch(
     With `extents`, every partition of it gets its range, with or without messages,
     and every message must lie inside its partition's extent.
     """
-    batch = ClassifiedBatch()
     bounded = dict(extents or {})
-    for (topic, partition), (first, last) in bounded.items():
-        if last < first:
-            raise BatchError(f"{topic}[{partition}]: empty extent {first}..{last}")
-        batch.ranges[(topic, partition)] = PartitionRange(topic, partition, first, last)
+    batch = _with_extents(bounded)
     seen_ids: set[str] = set()
     for message, outcome in outcomes:
         key = (message.topic, message.partition)
         extent = bounded.get(key)
         if extent is not None:
-            if not extent[0] <= message.offset <= extent[1]:
-                raise BatchError(
-                    f"{message.topic}[{message.partition}]: offset {message.offset} outside "
-                    f"the flush's range {extent[0]}..{extent[1]}"
-                )
+            _refuse_outside([message], extent)
             partition_range = batch.ranges[key]
         elif key in batch.ranges:
             partition_range = batch.ranges[key]
@@ -153,9 +232,9 @@ def assemble_batch(
             batch.rejected.append(RejectedMessage(message, outcome))
             partition_range.rejected += 1
         elif outcome.event_id in seen_ids:
-            batch.in_batch_duplicates.append(ValidMessage(message, outcome))
+            batch.in_batch_duplicates.append(message, outcome)
             partition_range.duplicates += 1
         else:
             seen_ids.add(outcome.event_id)
-            batch.valid.append(ValidMessage(message, outcome))
+            batch.valid.append(message, outcome)
     return batch

@@ -29,6 +29,7 @@ its errors, and is counted and logged apart from the store.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections import Counter
@@ -44,19 +45,19 @@ import pyarrow as pa
 from schemas.errors import ServiceError
 from store.ledger import COUNTED_EVENT_COLUMNS, Ledger
 from store.ledger.chain import (
-    ChainedEvent,
     ChainedRange,
     ChainedRejection,
     chain_sha256,
-    content_sha256,
-    epoch_milliseconds,
+    content_lines,
 )
 from streams.batch import ClassifiedBatch, PartitionRange, RejectedMessage, ValidMessage
+from streams.content_digest import counted_event_lines
 from streams.dead_letter import DeadLetterPublisher, dead_letter_for
 from streams.faults import FaultPlan
 from streams.metrics import Metrics
-from streams.seen_ids import Halves, SeenIdFilter, id_halves
+from streams.seen_ids import Halves, SeenIdFilter
 from streams.store_failures import Failure, classify_publish_error, classify_store_error
+from streams.valid_events import ValidEvents
 
 __all__ = ["ClickHouseSink", "DeadLetterFailureError", "FlushResult", "StoreFailureError"]
 
@@ -88,7 +89,7 @@ class FlushResult:
 class _Lookup:
     """What step 1 found: the batch itself is never changed (it stays a value)."""
 
-    new: list[ValidMessage]
+    new: ValidEvents
     new_halves: Halves
     asked: int
     counted: Counter[tuple[str, int]]  # per partition: newly counted events
@@ -279,28 +280,27 @@ class ClickHouseSink:
     def _look_up(self, batch: ClassifiedBatch) -> _Lookup:
         """Step 1 on the store thread: ask the store about the ids the filter cannot
         clear, then count each valid message as counted or duplicate per partition."""
-        ids = [valid.event.event_id for valid in batch.valid]
-        halves = id_halves(ids)
+        valid = batch.valid
+        ids = valid.events.event_id
+        halves = valid.id_halves()
         if self._seen_ids is None:
             ask = ids
         else:
-            maybe = self._seen_ids.maybe_seen(halves).tolist()
-            ask = [event_id for event_id, flagged in zip(ids, maybe, strict=True) if flagged]
+            maybe = self._seen_ids.maybe_seen(halves)
+            ask = [ids[row] for row in np.flatnonzero(maybe).tolist()]
         already = self._ledger.already_counted(ask)
+        keys = list(zip(valid.topics(), valid.partitions(), strict=True))
         if not already:  # the common case: one count per partition, no per-event split
-            per_partition = Counter((v.source.topic, v.source.partition) for v in batch.valid)
-            return _Lookup(list(batch.valid), halves, len(ask), per_partition, Counter())
+            return _Lookup(valid, halves, len(ask), Counter(keys), Counter())
         is_new = [event_id not in already for event_id in ids]
-        new: list[ValidMessage] = []
         counted: Counter[tuple[str, int]] = Counter()
         duplicates: Counter[tuple[str, int]] = Counter()
-        for valid, fresh in zip(batch.valid, is_new, strict=True):
-            key = (valid.source.topic, valid.source.partition)
+        for key, fresh in zip(keys, is_new, strict=True):
             if fresh:
-                new.append(valid)
                 counted[key] += 1
             else:
                 duplicates[key] += 1
+        new = valid.take([row for row, fresh in enumerate(is_new) if fresh])
         return _Lookup(new, halves[np.array(is_new, dtype=np.bool_)], len(ask), counted, duplicates)
 
     async def _store(self, what: str, call: Callable[[], T]) -> T:
@@ -398,28 +398,30 @@ class ClickHouseSink:
 _UTC_MILLISECONDS = pa.timestamp("ms", tz="UTC")
 
 
-def counted_events_table(new: Sequence[ValidMessage], seq: int, now: datetime) -> pa.Table:
+def counted_events_table(
+    new: ValidEvents | Sequence[ValidMessage], seq: int, now: datetime
+) -> pa.Table:
     """The staged rows of one flush, column by column (`COUNTED_EVENT_COLUMNS`)."""
-    events = [valid.event for valid in new]
-    sources = [valid.source for valid in new]
-    rows = len(new)
+    valid = new if isinstance(new, ValidEvents) else ValidEvents.of_messages(new)
+    events = valid.events
+    rows = len(valid)
     columns: dict[str, pa.Array] = {
-        "event_id": pa.array(
-            [bytes.fromhex(e.event_id.replace("-", "")) for e in events], pa.binary(16)
+        "event_id": pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(16), rows, [None, pa.py_buffer(valid.id_bytes())]
         ),
-        "occurred_at": pa.array([e.occurred_at for e in events], _UTC_MILLISECONDS),
-        "tenant": pa.array([e.tenant for e in events], pa.string()),
-        "agency_id": pa.array([e.agency_id for e in events], pa.string()),
-        "agency_level": pa.array([e.agency_level for e in events], pa.string()),
-        "user_id": pa.array([e.user_id for e in events], pa.string()),
-        "conversation_id": pa.array([e.conversation_id for e in events], pa.string()),
-        "model": pa.array([e.model for e in events], pa.string()),
-        "feature": pa.array([e.feature for e in events], pa.string()),
-        "tokens_in": pa.array([e.tokens_in for e in events], pa.uint32()),
-        "tokens_out": pa.array([e.tokens_out for e in events], pa.uint32()),
-        "topic": pa.array([s.topic for s in sources], pa.string()),
-        "partition": pa.array([s.partition for s in sources], pa.uint32()),
-        "offset": pa.array([s.offset for s in sources], pa.uint64()),
+        "occurred_at": pa.array(events.occurred_at_ms, _UTC_MILLISECONDS),
+        "tenant": pa.array(events.tenant, pa.string()),
+        "agency_id": pa.array(events.agency_id, pa.string()),
+        "agency_level": pa.array(events.agency_level, pa.string()),
+        "user_id": pa.array(events.user_id, pa.string()),
+        "conversation_id": pa.array(events.conversation_id, pa.string()),
+        "model": pa.array(events.model, pa.string()),
+        "feature": pa.array(events.feature, pa.string()),
+        "tokens_in": pa.array(events.tokens_in, pa.uint32()),
+        "tokens_out": pa.array(events.tokens_out, pa.uint32()),
+        "topic": pa.array(valid.topics(), pa.string()),
+        "partition": pa.array(valid.partitions(), pa.uint32()),
+        "offset": pa.array(valid.offsets(), pa.uint64()),
         "flush_seq": pa.repeat(pa.scalar(seq, pa.uint64()), rows),
         "ingested_at": pa.repeat(pa.scalar(now, _UTC_MILLISECONDS), rows),
     }
@@ -433,31 +435,13 @@ def counted_events_table(new: Sequence[ValidMessage], seq: int, now: datetime) -
 
 
 def flush_content_sha256(
-    new: Sequence[ValidMessage],
+    new: ValidEvents | Sequence[ValidMessage],
     rejected: Sequence[RejectedMessage],
     ranges: Sequence[PartitionRange],
 ) -> str:
     """The canonical content hash (`store.ledger.chain`) of what one flush stages and
     commits: its counted events, its rejections and its ledger ranges."""
-    events = [
-        ChainedEvent(
-            e.event_id,
-            epoch_milliseconds(e.occurred_at),
-            e.tenant,
-            e.agency_id,
-            e.agency_level,
-            e.user_id,
-            e.model,
-            e.feature,
-            e.tokens_in,
-            e.tokens_out,
-            v.source.topic,
-            v.source.partition,
-            v.source.offset,
-        )
-        for v in new
-        for e in (v.event,)
-    ]
+    valid = new if isinstance(new, ValidEvents) else ValidEvents.of_messages(new)
     rejections = [
         ChainedRejection(
             str(r.rejection.reason),
@@ -483,7 +467,14 @@ def flush_content_sha256(
         )
         for r in ranges
     ]
-    return content_sha256(events, rejections, chained_ranges)
+    # The event lines straight from the columns; the header, rejection and range lines
+    # as `store.ledger.chain` writes them (its lines for no events).
+    header, *others = content_lines([], rejections, chained_ranges)
+    digest = hashlib.sha256(header.encode("ascii"))
+    digest.update(counted_event_lines(valid))
+    for line in others:
+        digest.update(line.encode("ascii"))
+    return digest.hexdigest()
 
 
 def _rejection_row(rejected: Any, seq: int, now: datetime) -> list[Any]:

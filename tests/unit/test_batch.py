@@ -42,9 +42,9 @@ def msg(partition: int, offset: int, value: bytes, topic: str = TOPIC) -> Source
 
 def test_empty_batch() -> None:
     batch = classify_batch([])
-    assert batch.valid == []
+    assert len(batch.valid) == 0
     assert batch.rejected == []
-    assert batch.in_batch_duplicates == []
+    assert len(batch.in_batch_duplicates) == 0
     assert batch.ranges == {}
     assert batch.messages == 0
 
@@ -139,7 +139,7 @@ def test_rejected_message_does_not_claim_its_event_id() -> None:
         ]
     )
     assert [v.source.offset for v in batch.valid] == [2]
-    assert batch.in_batch_duplicates == []
+    assert len(batch.in_batch_duplicates) == 0
     assert [r.rejection.reason for r in batch.rejected] == [
         Reason.SCHEMA_VIOLATION,
         Reason.CONTENT_NOT_ALLOWED,
