@@ -175,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         both = _worker(
             worker_bench(both_topic, expected.reference, before_worker=publisher.start), expected
         )
-        publisher.join()
+        if publisher.ident is not None:  # not started when the server did not start
+            publisher.join()
         _say(f"both: worker {both.measured.status} ({both.measured.detail})")
     finally:
         if sampler is not None:
