@@ -41,6 +41,7 @@ _EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST: Final = datetime(2149, 6, 6, tzinfo=UTC)
 _EARLIEST_DAY: Final = _EARLIEST.date().isoformat()
 _LATEST_DAY: Final = _LATEST.date().isoformat()
+_OUT_OF_RANGE: Final = "must lie between 1970-01-01 and 2149-06-05 (UTC)"
 
 _RFC3339 = re.compile(
     r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]"
@@ -67,7 +68,7 @@ def parse_rfc3339(value: str) -> datetime:
             parsed = parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
         # Fixed-width ASCII digits: comparing the date text is comparing the dates.
         if not _EARLIEST_DAY <= value[:10] < _LATEST_DAY:
-            raise ValueError("must lie between 1970-01-01 and 2149-06-05 (UTC)")
+            raise ValueError(_OUT_OF_RANGE)
         return parsed
     match = _RFC3339.fullmatch(value)
     if match is None:
@@ -92,9 +93,12 @@ def parse_rfc3339(value: str) -> datetime:
         int(frac) * 1000,
         tzinfo=timezone(offset),
     )
-    utc = local.astimezone(UTC)
+    try:
+        utc = local.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00-05:00: past the last year datetime holds
+        raise ValueError(_OUT_OF_RANGE) from None
     if not _EARLIEST <= utc < _LATEST:
-        raise ValueError("must lie between 1970-01-01 and 2149-06-05 (UTC)")
+        raise ValueError(_OUT_OF_RANGE)
     return utc
 
 

@@ -245,15 +245,43 @@ def _not_canonical_ids(event_ids: list[str]) -> list[int]:
 
 # -- timestamps ------------------------------------------------------------------------
 
-# The shape producers send almost always: "2026-11-02T14:03:12.345Z" (24 characters).
-_COMMON_LENGTH: Final = 24
+
+class _Shape(NamedTuple):
+    """A fixed-width spelling of RFC 3339 that numpy reads: where its digits and its
+    separators are. Milliseconds always; an offset (+HH:MM or -HH:MM) or "Z"."""
+
+    length: int
+    digits_at: npt.NDArray[np.intp]
+    separators_at: npt.NDArray[np.intp]
+    separators: npt.NDArray[np.uint8]
+    with_offset: bool
+
+
+def _shape(example: str) -> _Shape:
+    """The shape of `example`: every digit stands for any digit, other characters for
+    themselves, except the offset's sign, which may be + or -."""
+    with_offset = example[-6] in "+-"
+    fixed = [
+        at
+        for at, char in enumerate(example)
+        if not char.isdigit() and not (with_offset and at == len(example) - 6)
+    ]
+    return _Shape(
+        len(example),
+        np.array([at for at, char in enumerate(example) if char.isdigit()], dtype=np.intp),
+        np.array(fixed, dtype=np.intp),
+        np.frombuffer("".join(example[at] for at in fixed).encode("ascii"), dtype=np.uint8),
+        with_offset,
+    )
+
+
+# The shapes producers send almost always: UTC with "Z", or another offset.
+_SHAPES: Final = (_shape("2026-11-02T14:03:12.345Z"), _shape("2026-11-02T09:03:12.345-05:00"))
 _FEWEST_FOR_NUMPY: Final = 32  # below this, one by one is cheaper
-_DIGIT_AT: Final = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22])
-_SEPARATOR_AT: Final = np.array([4, 7, 10, 13, 16, 19, 23])
-_SEPARATORS: Final = np.frombuffer(b"--T::.Z", dtype=np.uint8)
 _MONTH_DAYS: Final = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
 # The first day the model refuses (ClickHouse `Date` ends on 2149-06-06), days since 1970.
 _LATEST_DAY_NUMBER: Final = (date(2149, 6, 6) - date(1970, 1, 1)).days
+_DAY_MS: Final = 86_400_000
 
 Int64s = npt.NDArray[np.int64]
 
@@ -263,21 +291,23 @@ def _epoch_milliseconds(texts: list[str]) -> tuple[list[int], list[int]]:
     rows it refuses (their value in the first list is 0)."""
     milliseconds = [0] * len(texts)
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    common = np.flatnonzero(lengths == _COMMON_LENGTH)
-    one_by_one: list[int] = list(range(len(texts)))
-    if len(common) >= _FEWEST_FOR_NUMPY:
-        if len(common) == len(texts):
+    elsewise = np.ones(len(texts), dtype=np.bool_)  # rows left to parse_rfc3339
+    for shape in _SHAPES:
+        rows = np.flatnonzero(lengths == shape.length)
+        if len(rows) < _FEWEST_FOR_NUMPY:
+            continue
+        if len(rows) == len(texts):
             joined = "".join(texts)
         else:
-            joined = "".join([texts[row] for row in common.tolist()])
-        if joined.isascii():
-            values, readable = _common_shape_epoch_ms(joined.encode("ascii"), len(common))
-            for row, value in zip(common.tolist(), values.tolist(), strict=True):
-                milliseconds[row] = value
-            one_by_one = np.flatnonzero(lengths != _COMMON_LENGTH).tolist()
-            one_by_one.extend(common[~readable].tolist())
+            joined = "".join([texts[row] for row in rows.tolist()])
+        if not joined.isascii():
+            continue
+        values, readable = _epoch_ms_of_shape(joined.encode("ascii"), shape)
+        for row, value in zip(rows[readable].tolist(), values[readable].tolist(), strict=True):
+            milliseconds[row] = value
+        elsewise[rows[readable]] = False
     broken: list[int] = []
-    for row in one_by_one:
+    for row in np.flatnonzero(elsewise).tolist():
         try:
             milliseconds[row] = epoch_ms_of(parse_rfc3339(texts[row]))
         except ValueError:
@@ -285,14 +315,14 @@ def _epoch_milliseconds(texts: list[str]) -> tuple[list[int], list[int]]:
     return milliseconds, broken
 
 
-def _common_shape_epoch_ms(text: bytes, rows: int) -> tuple[Int64s, npt.NDArray[np.bool_]]:
-    """Epoch milliseconds of `rows` timestamps of 24 ASCII characters each, and which of
-    them are a calendar date and time of the usual shape inside the stored range
-    (the others are left to `parse_rfc3339`)."""
-    chars = np.frombuffer(text, dtype=np.uint8).reshape(rows, _COMMON_LENGTH)
-    digits = chars[:, _DIGIT_AT].astype(np.int64) - ord("0")
+def _epoch_ms_of_shape(text: bytes, shape: _Shape) -> tuple[Int64s, npt.NDArray[np.bool_]]:
+    """Epoch milliseconds of timestamps of one shape, one after the other in `text`, and
+    which of them are readable: of the shape, a calendar date and time, an offset of at
+    most 23:59, inside the stored range (the others are left to `parse_rfc3339`)."""
+    chars = np.frombuffer(text, dtype=np.uint8).reshape(-1, shape.length)
+    digits = chars[:, shape.digits_at].astype(np.int64) - ord("0")
     readable = ((digits >= 0) & (digits <= 9)).all(axis=1)
-    readable &= (chars[:, _SEPARATOR_AT] == _SEPARATORS).all(axis=1)
+    readable &= (chars[:, shape.separators_at] == shape.separators).all(axis=1)
 
     def number(first: int, width: int) -> Int64s:
         value = digits[:, first]
@@ -304,11 +334,19 @@ def _common_shape_epoch_ms(text: bytes, rows: int) -> tuple[Int64s, npt.NDArray[
     hour, minute, second, millisecond = number(8, 2), number(10, 2), number(12, 2), number(14, 3)
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     month_days = _MONTH_DAYS[np.clip(month, 1, 12) - 1] + (leap & (month == 2))
-    readable &= (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
+    readable &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
     readable &= (hour <= 23) & (minute <= 59) & (second <= 59)
     days = _days_from_civil(year, month, day)
-    readable &= (days >= 0) & (days < _LATEST_DAY_NUMBER)
     values = ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millisecond
+    if shape.with_offset:
+        offset_hours, offset_minutes = number(17, 2), number(19, 2)
+        readable &= (offset_hours <= 23) & (offset_minutes <= 59)
+        sign = np.where(chars[:, shape.length - 6] == ord("-"), -1, 1)
+        readable &= (chars[:, shape.length - 6] == ord("-")) | (
+            chars[:, shape.length - 6] == ord("+")
+        )
+        values = values - sign * (offset_hours * 60 + offset_minutes) * 60_000
+    readable &= (values >= 0) & (values < _LATEST_DAY_NUMBER * _DAY_MS)
     return values, readable
 
 
