@@ -7,7 +7,7 @@ import itertools
 import orjson
 import pytest
 
-from bench.freshness import percentile, visibility
+from bench.freshness import percentile, seen_by_reader, visibility
 from bench.reference import Reference, verify_count, verify_rows
 from bench.runner import LogLine, RunRecord
 from bench.table import format_ratios, format_table, measure_window
@@ -107,6 +107,17 @@ def test_visibility_maps_offsets_to_the_first_covering_flush() -> None:
     assert percentile([], 50) is None
     assert percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+
+
+def test_a_reader_sees_each_event_at_the_first_poll_whose_count_covers_it() -> None:
+    sent = [0.0, 0.1, 0.2, 0.3, 0.4]
+    # polls: nothing, then 2 visible, the same 2 again, then 4; event 4 never seen
+    polls = [(0.5, 0), (1.0, 2), (1.5, 2), (2.5, 4)]
+    fresh = seen_by_reader(sent, polls)
+    assert (fresh.measured, fresh.visible) == (5, 4)
+    # latencies: 1.0, 0.9 (seen at 1.0), then 2.3, 2.2 (seen at 2.5)
+    assert fresh.max == pytest.approx(2.3)
+    assert fresh.p50 == pytest.approx(1.0)
 
 
 def _flush_line(seq: int, messages: int, at: float, cpu: float) -> LogLine:
