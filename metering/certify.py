@@ -13,11 +13,14 @@ Store-wide, per topic partition, from the flush ledger:
   The ledger's counted total equals the rows of counted_events of committed flushes.
 
 For the period (its UTC days), per agency (`metering.billing.reconcile`):
-  counted events = rollups = billed quantities of the latest billing run of the period
+  counted events after corrections (`metering.corrected_events`) = rollups = billed
+  quantities of the latest billing run of the period
   ("not billed" when there is none), for messages, tokens and active users; every
   committed flush is folded into the rollups. Events that arrived after the period was
   first billed (ingested after the first run's created_at, occurred in the period) are
-  counted and shown: they are why a later run restates.
+  counted and shown: they are why a later run restates. So are the corrections applied
+  to the period's events (`metering.corrections`): each with its id, action, events
+  marked, who requested and who approved it; every one must be rebuilt into the rollups.
 
 The certificate (JSON or HTML) is inserted into `metering.certificates` with the
 sha256 of its body, which the command prints.
@@ -56,6 +59,16 @@ FROM metering.rejected_events
 GROUP BY topic, partition, reason
 """
 
+# Corrections whose marked events lie in the period, and whether each was rebuilt.
+_CORRECTIONS: Final = """
+SELECT correction_id, correction_seq, toString(action), events_marked, requested_by,
+       approved_by, reason, committed_at,
+       correction_seq IN (SELECT correction_seq FROM metering.corrections_applied) AS rebuilt
+FROM metering.corrections
+WHERE status = 'applied' AND first_day < {end:Date} AND last_day >= {start:Date}
+ORDER BY correction_seq
+"""
+
 _FIRST_RUN: Final = """
 SELECT min(created_at), count() FROM metering.billing_runs WHERE period = {period:String}
 """
@@ -75,6 +88,7 @@ class Certificate:
     agencies: list[dict[str, Any]] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
     billing: dict[str, Any] = field(default_factory=dict)
+    corrections: list[dict[str, Any]] = field(default_factory=list)
     inequalities: list[str] = field(default_factory=list)
 
     @property
@@ -99,11 +113,15 @@ class Certificate:
                 "per partition: each flush's first_offset = previous last_offset + 1, "
                 "or the gap is recorded in metering.expired_offsets",
                 "store: ledger counted = counted_events rows of committed flushes",
-                "period, per agency: counted events = rollups = billed (latest run)",
+                "period, per agency: counted events after corrections = rollups = billed "
+                "(latest run)",
+                "period: every applied correction is rebuilt into the rollups",
             ],
             "partitions": self.partitions,
             "totals": self.totals,
             "billing": self.billing,
+            "corrections_applied": len(self.corrections),
+            "corrections": self.corrections,
             "agencies": self.agencies,
         }
 
@@ -112,7 +130,33 @@ def certify(client: Client, period: Period, now: datetime) -> Certificate:
     cert = Certificate(period=period, created_at=now)
     _partitions(client, cert)
     _period(client, period, cert)
+    _corrections(client, period, cert)
     return cert
+
+
+def _corrections(client: Client, period: Period, cert: Certificate) -> None:
+    rows = client.query(
+        _CORRECTIONS, parameters={"start": period.start, "end": period.end}
+    ).result_rows
+    for row in rows:
+        committed = row[7] if row[7].tzinfo is not None else row[7].replace(tzinfo=UTC)
+        cert.corrections.append(
+            {
+                "correction_id": str(row[0]),
+                "correction_seq": int(row[1]),
+                "action": str(row[2]),
+                "events_marked": int(row[3]),
+                "requested_by": str(row[4]),
+                "approved_by": str(row[5]),
+                "reason": str(row[6]),
+                "committed_at": committed.isoformat(),
+            }
+        )
+        if not int(row[8]):
+            cert.inequalities.append(
+                f"{period.label}: correction {row[0]} is committed but not yet rebuilt into "
+                "the rollups (start the worker: it finishes it)"
+            )
 
 
 def _partitions(client: Client, cert: Certificate) -> None:
@@ -307,6 +351,18 @@ def _html(body: dict[str, Any]) -> str:
             "Billing runs of the period",
             ["field", "value"],
             [[k, v] for k, v in body["billing"].items()],
+        ),
+        "<h2>Corrections</h2>\n",
+        _table(
+            f"Corrections applied to {label}",
+            ["correction", "action", "events marked", "requested by", "approved by", "reason"],
+            [
+                [
+                    *(c["correction_id"], c["action"], c["events_marked"]),
+                    *(c["requested_by"], c["approved_by"], c["reason"]),
+                ]
+                for c in body["corrections"]
+            ],
         ),
         "<h2>Agencies</h2>\n",
         _table(

@@ -121,6 +121,12 @@ def add_reporting_commands(subparsers: Any) -> None:
     adoption.add_argument(
         "--top", type=_positive_int, default=10, help="agencies ranked per tenant (10)"
     )
+    adoption.add_argument(
+        "--as-first-counted",
+        action="store_true",
+        help="the period as first counted, before corrections (default: as corrected); "
+        "reads the raw counted events, kept METERING_RAW_RETENTION_DAYS",
+    )
 
     export = subparsers.add_parser(
         "export", help="a period's views, statement lines and rejection counts as files"
@@ -381,7 +387,9 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
         agency_user_name(args.agency)  # validates the id
     client = _open(settings)
     try:
-        adoption = read_adoption(client, args.period, args.agency)
+        adoption = read_adoption(
+            client, args.period, args.agency, as_first_counted=args.as_first_counted
+        )
     finally:
         client.close()
     report = publish(adoption, args.min_cell_users, args.top)

@@ -28,7 +28,6 @@ from store.ledger.chain import (
     chain_sha256,
     content_sha256,
 )
-from store.ledger.sql import COMMITTED_EVENTS
 
 __all__ = ["VerifyResult", "render_verification", "verify_store"]
 
@@ -53,11 +52,12 @@ FROM metering.rejections_log
 WHERE flush_seq = {seq:UInt64}
 """
 
-_RAW_DAILY: Final = f"""
+# The counted events after corrections (migration 0010): rollups hold the corrected record.
+_RAW_DAILY: Final = """
 SELECT toDate(occurred_at) AS day, tenant, agency_id, toString(agency_level) AS level,
        count(), sum(tokens_in), sum(tokens_out), uniqExact(user_id)
-FROM metering.counted_events
-WHERE {COMMITTED_EVENTS} {{period}}
+FROM metering.corrected_events
+WHERE 1 {period}
 GROUP BY day, tenant, agency_id, level
 """
 

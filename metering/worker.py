@@ -29,7 +29,7 @@ from metering.kafka_config import CONSUMER_ISOLATION, kafka_python_options, stre
 from metering.kafka_retention import ExpiryRecorder, warn_if_retention_short, watching_expiry
 from metering.open_store import open_for_writing
 from metering.settings import Settings, SettingsError
-from metering.topics import ensure_topics
+from metering.topics import ensure_topics, partitions_of
 from metering.worker_progress import show_worker_progress
 from schemas.errors import ServiceError
 from store import describe_store
@@ -189,6 +189,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
                 retry_max_seconds=settings.store_retry_max_seconds,
             ),
             correction_store.resume_positions(),
+            partitions_of(settings, settings.corrections_topic) or [0],
         )
         positions = Positions(state.resume_offsets)
         expiry = ExpiryRecorder(metrics, client, sink.run_on_store, worker_name)

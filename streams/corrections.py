@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeVar
@@ -392,8 +392,9 @@ def _readable_id(value: bytes) -> str | None:
 
 
 class CorrectionsReader:
-    """Reads the corrections topic (every partition, no consumer group) from where the
-    store says it resumes, and hands each record to the applier in offset order."""
+    """Reads the corrections topic (the partitions given, all of the topic's; no consumer
+    group) from where the store says it resumes, and hands each record to the applier
+    in offset order."""
 
     def __init__(
         self,
@@ -401,9 +402,11 @@ class CorrectionsReader:
         topic: str,
         applier: CorrectionApplier,
         resume: dict[tuple[str, int], int],
+        partitions: Sequence[int] = (0,),
     ) -> None:
         self._kafka = kafka
         self._topic = topic
+        self._partitions = sorted(partitions)
         self._applier = applier
         self._next: dict[int, int] = {p: o for (t, p), o in resume.items() if t == topic}
         self.busy = False
@@ -423,16 +426,8 @@ class CorrectionsReader:
         )
         await consumer.start()
         try:
-            partitions: set[int] = set()
+            await self._assign(consumer)
             while not stop.is_set():
-                known = consumer.partitions_for_topic(self._topic) or set()
-                if known != partitions:
-                    partitions = set(known)
-                    await self._assign(consumer, partitions)
-                if not partitions:
-                    await consumer.force_metadata_update()
-                    await asyncio.sleep(0.5)
-                    continue
                 batches = await consumer.getmany(timeout_ms=500, max_records=100)
                 for tp in sorted(batches, key=lambda t: t.partition):
                     for record in batches[tp]:
@@ -445,13 +440,13 @@ class CorrectionsReader:
                 for tp in consumer.assignment():
                     # Markers and aborted records move the position without a record.
                     position = int(await consumer.position(tp))
-                    if position > self._next.get(tp.partition, -1) and not self.busy:
+                    if position > self._next.get(tp.partition, -1):
                         self._next[tp.partition] = position
         finally:
             await consumer.stop()
 
-    async def _assign(self, consumer: AIOKafkaConsumer, partitions: set[int]) -> None:
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        tps = [TopicPartition(self._topic, p) for p in self._partitions]
         consumer.assign(tps)
         for tp in tps:
             if tp.partition in self._next:

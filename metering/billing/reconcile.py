@@ -2,8 +2,9 @@
 
 Three independent sources, compared per tenant and per (tenant, agency_id,
 agency_level) for messages, tokens_in and tokens_out, and for active users:
-  events   `metering.counted_events` rows of committed flushes, by the UTC day of
-           `occurred_at` (the raw record; distinct users counted from user_id)
+  events   `metering.corrected_events`: the rows of committed flushes after
+           corrections (voided events left out, amended fields replaced), by the UTC
+           day of `occurred_at` (the raw record; distinct users counted from user_id)
   rollups  `metering.agency_monthly` summed over the period's months (distinct users
            over the period merged from the uniqExact states)
   billed   the lines of the latest billing run of the period, if there is one
@@ -33,7 +34,6 @@ from metering.billing.statements import unapplied_flushes
 from metering.kafka_retention import Gap, expired_gaps, read_expired
 from metering.periods import Period
 from store.ledger import Ledger
-from store.ledger.sql import COMMITTED_EVENTS
 
 __all__ = ["MEASURES", "Comparison", "Reconciliation", "reconcile"]
 
@@ -42,36 +42,27 @@ MEASURES: Final = ("messages", "tokens_in", "tokens_out", "active_users")
 Figures = dict[str, int]
 AgencyKey = tuple[str, str, str]
 
-# Events counted in the period, per agency: rows of committed flushes only (rows of a
-# flush that never reached the ledger are orphans that recovery deletes). toDate()
+# Events counted in the period, per agency, after corrections: rows of committed flushes
+# only (rows of a flush that never reached the ledger are orphans that recovery
+# deletes; corrected_events reads committed flushes only). toDate()
 # of the UTC column is the UTC day, the same expression the rollups are built with.
-_EVENTS_BY_AGENCY_SQL: Final = (
-    """
+_EVENTS_BY_AGENCY_SQL: Final = """
 SELECT tenant, agency_id, toString(agency_level) AS agency_level,
        count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
        uniqExact(user_id) AS active_users
-FROM metering.counted_events
+FROM metering.corrected_events
 WHERE toDate(occurred_at) >= {start:Date} AND toDate(occurred_at) < {end:Date}
-  AND """
-    + COMMITTED_EVENTS
-    + """
 GROUP BY tenant, agency_id, agency_level
 """
-)
 
 # The same per tenant: distinct users across all of the tenant's agencies.
-_EVENTS_BY_TENANT_SQL: Final = (
-    """
+_EVENTS_BY_TENANT_SQL: Final = """
 SELECT tenant, count() AS messages, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
        uniqExact(user_id) AS active_users
-FROM metering.counted_events
+FROM metering.corrected_events
 WHERE toDate(occurred_at) >= {start:Date} AND toDate(occurred_at) < {end:Date}
-  AND """
-    + COMMITTED_EVENTS
-    + """
 GROUP BY tenant
 """
-)
 
 # Rollup sums per agency, from the contract view (summed over the period's months).
 _ROLLUP_SUMS_SQL: Final = """

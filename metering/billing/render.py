@@ -153,6 +153,10 @@ def _document(outcome: BillingOutcome, price_book: str) -> dict[str, Any]:
         "version": run.version if run else None,
         "restates_run_id": (run.restates_run_id or None) if run else None,
         "previous_run_id": outcome.previous.run_id if outcome.previous else None,
+        "corrections": list(outcome.corrections),
+        "corrections_since_previous_run": list(outcome.corrections_since_previous)
+        if outcome.previous
+        else [],
         "price_book": {"path": price_book, "sha256": statement.price_book_sha256},
         "input_sha256": statement.input_sha256,
         "totals": {
@@ -285,6 +289,11 @@ def summarise_outcome(outcome: BillingOutcome) -> list[str]:
             f"{outcome.run.version}) replaces {previous.run_id} ({', '.join(outcome.reasons)}); "
             f"{totals}; charge delta {_signed(statement.charge_usd - previous.charge_usd)} USD"
         )
+        if outcome.corrections_since_previous:
+            lines.append(
+                f"corrections applied since {previous.run_id}: "
+                + ", ".join(outcome.corrections_since_previous)
+            )
     elif outcome.status == "not_recorded":
         version = 1 if previous is None else previous.version + 1
         lines.append(

@@ -7,6 +7,10 @@ A period's first recorded statement is version 1. Billing the period again:
     (old -> new) and the charge and list-value deltas against the latest run.
 Write order is claim first, then lines, run row last: the run row is the commit point.
 
+Each run records the corrections in effect for its period when it was computed (the
+applied corrections whose events lie in the period, `metering.corrections`), so a
+restatement names the corrections applied since the run it replaces.
+
 Two `metering bill` runs for one period at once (two processes, two hosts) must not
 both write version N: ClickHouse has no transactions, so "read the latest version,
 then write the next" is a race in which both read N-1, and their lines mix under one
@@ -58,6 +62,7 @@ __all__ = [
     "claim_version",
     "compare_lines",
     "latest_run",
+    "period_corrections",
     "read_lines",
 ]
 
@@ -91,6 +96,7 @@ _RUN_COLUMNS: Final = [
     "charge_usd",
     "list_value_usd",
     "created_at",
+    "corrections",
 ]
 
 _LINE_COLUMNS: Final = [
@@ -127,6 +133,16 @@ SELECT {", ".join(_LINE_COLUMNS)}
 FROM metering.billing_lines
 WHERE run_id = {{run_id:String}}
 ORDER BY tenant, agency_id, agency_level
+"""
+
+# The applied corrections whose marked events lie in a period (first_day..last_day
+# overlaps it), in the order they were applied.
+_PERIOD_CORRECTIONS_SQL: Final = """
+SELECT correction_id
+FROM metering.corrections
+WHERE status = 'applied'
+  AND first_day < {end:Date} AND last_day >= {start:Date}
+ORDER BY correction_seq
 """
 
 # Lines left by a run that crashed before its run row was written.
@@ -193,9 +209,13 @@ class BillingRun:
     charge_usd: Decimal
     list_value_usd: Decimal
     created_at: datetime
+    corrections: tuple[str, ...] = ()  # ids of the corrections in effect for the period
 
     def row(self) -> list[Any]:
-        return [getattr(self, column) for column in _RUN_COLUMNS]
+        return [
+            list(self.corrections) if column == "corrections" else getattr(self, column)
+            for column in _RUN_COLUMNS
+        ]
 
 
 @dataclass(frozen=True)
@@ -217,6 +237,14 @@ class BillingOutcome:
     previous: BillingRun | None  # the latest run before this one
     changes: tuple[LineChange, ...]
     waited_for: Claim | None = None  # another run's claim this one waited for
+    # Corrections in effect for the period now, and those of them the previous run
+    # did not have (what a restatement names).
+    corrections: tuple[str, ...] = ()
+
+    @property
+    def corrections_since_previous(self) -> tuple[str, ...]:
+        before = set(self.previous.corrections) if self.previous is not None else set()
+        return tuple(c for c in self.corrections if c not in before)
 
     @property
     def reasons(self) -> list[str]:
@@ -227,6 +255,8 @@ class BillingOutcome:
             reasons.append("quantities changed")
         if self.previous.price_book_sha256 != self.statement.price_book_sha256:
             reasons.append("price book changed")
+        if self.corrections_since_previous:
+            reasons.append(f"{len(self.corrections_since_previous)} correction(s) applied")
         return reasons
 
 
@@ -252,7 +282,16 @@ def latest_run(client: Client, period_label: str) -> BillingRun | None:
         charge_usd=Decimal(values["charge_usd"]),
         list_value_usd=Decimal(values["list_value_usd"]),
         created_at=values["created_at"],
+        corrections=tuple(str(c) for c in values["corrections"]),
     )
+
+
+def period_corrections(client: Client, period: Period) -> tuple[str, ...]:
+    """Ids of the applied corrections that touch `period`, in the order applied."""
+    rows = client.query(
+        _PERIOD_CORRECTIONS_SQL, parameters={"start": period.start, "end": period.end}
+    ).result_rows
+    return tuple(str(row[0]) for row in rows)
 
 
 def read_lines(client: Client, run: BillingRun) -> list[StatementLine]:
@@ -341,17 +380,22 @@ def bill_statement(
     """
     deadline = clock() + wait_seconds
     waited_for: Claim | None = None
+    corrections = period_corrections(client, statement.period)
     while True:
         previous = latest_run(client, statement.period.label)
         if previous is not None and (
             previous.input_sha256 == statement.input_sha256
             and previous.price_book_sha256 == statement.price_book_sha256
         ):
-            return BillingOutcome("unchanged", statement, previous, previous, (), waited_for)
+            return BillingOutcome(
+                "unchanged", statement, previous, previous, (), waited_for, previous.corrections
+            )
         old_lines = read_lines(client, previous) if previous is not None else []
         changes = tuple(compare_lines(old_lines, list(statement.lines))) if previous else ()
         if not record:
-            return BillingOutcome("not_recorded", statement, None, previous, changes)
+            return BillingOutcome(
+                "not_recorded", statement, None, previous, changes, corrections=corrections
+            )
         version = 1 if previous is None else previous.version + 1
         try:
             claim = claim_version(
@@ -369,10 +413,10 @@ def bill_statement(
                 ) from None
             continue
         _pause_after_claim()
-        run = _new_run(statement.period, statement, previous, now)
+        run = _new_run(statement.period, statement, previous, now, corrections)
         _write(client, run, statement, claim)
         status: OutcomeStatus = "recorded" if previous is None else "restated"
-        return BillingOutcome(status, statement, run, previous, changes, waited_for)
+        return BillingOutcome(status, statement, run, previous, changes, waited_for, corrections)
 
 
 def claim_version(
@@ -466,7 +510,11 @@ def _pause_after_claim() -> None:
 
 
 def _new_run(
-    period: Period, statement: Statement, previous: BillingRun | None, now: datetime
+    period: Period,
+    statement: Statement,
+    previous: BillingRun | None,
+    now: datetime,
+    corrections: tuple[str, ...] = (),
 ) -> BillingRun:
     version = 1 if previous is None else previous.version + 1
     return BillingRun(
@@ -486,6 +534,7 @@ def _new_run(
         charge_usd=statement.charge_usd,
         list_value_usd=statement.list_value_usd,
         created_at=now,
+        corrections=corrections,
     )
 
 

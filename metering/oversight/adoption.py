@@ -4,6 +4,11 @@ Every figure is an aggregate over agencies, levels, models or days; nothing here
 reads or returns a per-user figure (user ids stay inside the uniqExact states).
 Distinct users over the period are merged from the daily states, never summed.
 With an agency scope, every query is limited to that agency.
+
+The figures are the period as corrected (the rollups, rebuilt by every applied
+correction). `as_first_counted` shows the period as it was first counted instead: the
+same queries over the committed counted events before any correction, as long as the
+raw record holds the period's days.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from clickhouse_connect.driver.client import Client
 
 from metering.periods import Period
 from schemas.events import AGENCY_LEVELS
+from store.corrections.sql import first_counted_source
 
 __all__ = ["Adoption", "UsageRow", "read_adoption"]
 
@@ -140,10 +146,29 @@ ORDER BY tenant, day
 _DATA_THROUGH_SQL: Final = "SELECT max(day) FROM metering.agency_daily_rollup"
 
 
-def read_adoption(client: Client, period: Period, agency: str | None) -> Adoption:
+_ROLLUPS: Final = (
+    "agency_monthly_rollup",
+    "model_monthly_rollup",
+    "tenant_daily_rollup",
+    "agency_daily_rollup",
+)
+
+
+def _first_counted(sql: str) -> str:
+    """The query over the counted events before corrections instead of the rollups."""
+    for rollup in _ROLLUPS:
+        sql = sql.replace(f"FROM metering.{rollup}", f"FROM {first_counted_source(rollup)}")
+    return sql
+
+
+def read_adoption(
+    client: Client, period: Period, agency: str | None, *, as_first_counted: bool = False
+) -> Adoption:
     parameters = {"start": period.start, "end": period.end, "agency": agency or ""}
 
     def rows(sql: str) -> tuple[UsageRow, ...]:
+        if as_first_counted:
+            sql = _first_counted(sql)
         return tuple(_row(r) for r in client.query(sql, parameters=parameters).result_rows)
 
     levels = sorted(

@@ -28,6 +28,7 @@ __all__ = [
     "UNAPPLIED",
     "RollupKey",
     "delete_keys_sql",
+    "first_counted_source",
     "marks_sql",
     "rebuild_keys_sql",
 ]
@@ -250,3 +251,21 @@ def rebuild_keys_sql(rollup: str, keys: Iterable[RollupKey], token: str) -> str:
 
 
 MARK_APPLIED: Final = "metering.corrections_applied"
+
+
+def first_counted_source(rollup: str) -> str:
+    """A subquery with the rows and columns of `rollup` as first counted, before any
+    correction: the flush fold's aggregates over the committed counted events of one
+    period ({start:Date} to {end:Date}). Reads the raw record, so it covers the days
+    the raw record still holds (METERING_RAW_RETENTION_DAYS)."""
+    select = APPLY_ROLLUPS[rollup]
+    if _FLUSH_FILTER not in select:
+        raise RuntimeError(f"store/ledger/sql.py APPLY_ROLLUPS[{rollup!r}] changed its FROM")
+    select = select.replace(
+        _FLUSH_FILTER,
+        "FROM metering.counted_events\n"
+        "WHERE flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)\n"
+        "  AND toDate(occurred_at) >= {start:Date} AND toDate(occurred_at) < {end:Date}",
+    )
+    grouped = select[: select.rindex("ORDER BY")].rstrip()
+    return f"({grouped}\n)"
