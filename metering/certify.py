@@ -303,6 +303,22 @@ def _table(caption: str, headers: list[str], rows: list[list[Any]]) -> str:
     )
 
 
+def _corrections_html(label: str, corrections: list[dict[str, Any]]) -> str:
+    if not corrections:
+        return f"<p>None: no correction was applied to {html.escape(label)}.</p>\n"
+    return _table(
+        f"Corrections applied to {label}",
+        ["correction", "action", "events marked", "requested by", "approved by", "reason"],
+        [
+            [
+                *(c["correction_id"], c["action"], c["events_marked"]),
+                *(c["requested_by"], c["approved_by"], c["reason"]),
+            ]
+            for c in corrections
+        ],
+    )
+
+
 def _html(body: dict[str, Any]) -> str:
     label = body["period"]["label"]
     verdict = "complete" if body["complete"] else "NOT complete"
@@ -353,17 +369,7 @@ def _html(body: dict[str, Any]) -> str:
             [[k, v] for k, v in body["billing"].items()],
         ),
         "<h2>Corrections</h2>\n",
-        _table(
-            f"Corrections applied to {label}",
-            ["correction", "action", "events marked", "requested by", "approved by", "reason"],
-            [
-                [
-                    *(c["correction_id"], c["action"], c["events_marked"]),
-                    *(c["requested_by"], c["approved_by"], c["reason"]),
-                ]
-                for c in body["corrections"]
-            ],
-        ),
+        _corrections_html(label, body["corrections"]),
         "<h2>Agencies</h2>\n",
         _table(
             f"Messages per agency in {label}",
