@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import compress
 from typing import Final
 
 from schemas.events import UsageEvent
@@ -104,6 +105,10 @@ class EventColumns:
         return EventColumns(
             *(mine + theirs for mine, theirs in zip(self.columns(), other.columns(), strict=True))  # type: ignore[arg-type]
         )
+
+    def kept(self, keep: Sequence[bool]) -> EventColumns:
+        """The rows whose `keep` is true, in order."""
+        return EventColumns(*(list(compress(column, keep)) for column in self.columns()))  # type: ignore[arg-type]
 
     def take(self, rows: Sequence[int]) -> EventColumns:
         """The given rows, in the given order."""

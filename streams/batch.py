@@ -24,6 +24,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from operator import attrgetter
 from typing import Final
 
@@ -131,14 +132,15 @@ def _batch_of_sorted(
     """The flush of messages in (topic, partition, offset) order: `rows` (ascending)
     are the indices of the valid ones, `columns` their events, `rejections` the rest."""
     batch = _with_extents(extents)
-    kept, repeated = _first_occurrences(columns.event_id)
+    sources = list(map(ordered.__getitem__, rows))
+    keep, repeated = _first_occurrences(columns.event_id)
     if repeated:
-        batch.valid = ValidEvents([ordered[rows[k]] for k in kept], columns.take(kept))
+        batch.valid = ValidEvents(list(compress(sources, keep)), columns.kept(keep))
         batch.in_batch_duplicates = ValidEvents(
-            [ordered[rows[k]] for k in repeated], columns.take(repeated)
+            [sources[row] for row in repeated], columns.take(repeated)
         )
     else:
-        batch.valid = ValidEvents([ordered[row] for row in rows], columns)
+        batch.valid = ValidEvents(sources, columns)
     batch.rejected = [RejectedMessage(ordered[index], why) for index, why in rejections]
     rejected_at = [index for index, _ in rejections]
     repeated_at = [rows[k] for k in repeated]
@@ -163,20 +165,21 @@ def _batch_of_sorted(
     return batch
 
 
-def _first_occurrences(event_ids: list[str]) -> tuple[list[int], list[int]]:
-    """Rows that hold an id for the first time, and the rows that repeat one."""
+def _first_occurrences(event_ids: list[str]) -> tuple[list[bool], list[int]]:
+    """Which rows hold an id for the first time, and the rows that repeat one."""
     if len(set(event_ids)) == len(event_ids):
-        return list(range(len(event_ids))), []
+        return [], []
     seen: set[str] = set()
-    kept: list[int] = []
+    keep: list[bool] = []
     repeated: list[int] = []
     for row, event_id in enumerate(event_ids):
-        if event_id in seen:
-            repeated.append(row)
-        else:
+        first = event_id not in seen
+        keep.append(first)
+        if first:
             seen.add(event_id)
-            kept.append(row)
-    return kept, repeated
+        else:
+            repeated.append(row)
+    return keep, repeated
 
 
 def _count_between(ascending: list[int], start: int, stop: int) -> int:
