@@ -72,6 +72,11 @@ REPORTER_READS: Final = (
     "metering.billing_claims",
     "metering.expired_offsets",
     "metering.certificates",
+    # Corrections (migration 0010): who asked, who approved, why, and which events each
+    # marked (event ids, no user ids). Not corrected_events: it reads counted_events.
+    "metering.corrections",
+    "metering.correction_marks",
+    "metering.corrections_applied",
     "metering.schema_migrations",
 )
 
