@@ -138,8 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return row
 
     def worker_bench(topic: str, reference: Reference, **options: object) -> BenchRun:
+        # A directory per run: each worker row starts its own server on a store of its own.
+        own = work / topic
+        own.mkdir(parents=True, exist_ok=True)
         return BenchRun(
-            bootstrap=args.bootstrap, topic=topic, partitions=args.partitions, work=work,
+            bootstrap=args.bootstrap, topic=topic, partitions=args.partitions, work=own,
             repo=_REPO, reference=reference, idle_seconds=args.idle, timeout=timeout,
             flushed_messages=expected.lines, **options,  # type: ignore[arg-type]
         )  # fmt: skip
