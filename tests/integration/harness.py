@@ -121,6 +121,7 @@ class MeteringRun:
             **kafka_env,
             "METERING_EVENTS_TOPIC": f"test.{tag}.events",
             "METERING_DLQ_TOPIC": f"test.{tag}.dlq",
+            "METERING_CORRECTIONS_TOPIC": f"test.{tag}.corrections",
             "METERING_CONSUMER_GROUP": f"test-{tag}",
             "METERING_TOPIC_PARTITIONS": str(partitions),
             "CLICKHOUSE_URL": store.url,

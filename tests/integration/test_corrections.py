@@ -142,7 +142,6 @@ class Counted:
 @pytest.fixture(scope="module")
 def counted(kafka_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Counted:
     run = MeteringRun.fresh(kafka_env, tmp_path_factory.mktemp("corrections"))
-    run.env["METERING_CORRECTIONS_TOPIC"] = f"test.{uuid.uuid4().hex[:10]}.corrections"
     run.replay(CORPUS)
     assert run.worker(until_idle=1.0).returncode == 0
     events, mentions = _corpus()
