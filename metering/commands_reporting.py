@@ -276,23 +276,16 @@ def _bill(args: argparse.Namespace, settings: Settings) -> int:
     from metering.billing.render import render_statement, summarise_outcome
     from metering.billing.runs import bill_statement
     from metering.billing.statements import (
-        BillingError,
         price_statement,
-        read_usage,
-        unapplied_flushes,
+        read_settled_usage,
     )
 
     period: Period = args.period
     book = load_price_book(args.price_book)
     client = _open(settings)
     try:
-        pending = unapplied_flushes(client)
-        if pending:
-            raise BillingError(
-                f"{pending} committed flush(es) are not yet folded into the rollups; start "
-                "the worker once (recovery applies them), then bill again"
-            )
-        statement = price_statement(read_usage(client, period), book, strict=args.strict)
+        usage = read_settled_usage(client, period)
+        statement = price_statement(usage, book, strict=args.strict)
         for unpriced in statement.unpriced:
             print(unpriced.warning(), file=sys.stderr)
         if not statement.lines:

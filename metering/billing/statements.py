@@ -17,8 +17,9 @@ for the warning. `strict=True` refuses the statement instead, as before.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
@@ -30,6 +31,7 @@ from clickhouse_connect.driver.client import Client
 from metering.billing.pricebook import PriceBook, PriceBookError
 from metering.periods import Period
 from schemas.errors import ServiceError
+from store.corrections import CorrectionStore
 from store.ledger import Ledger
 
 __all__ = [
@@ -44,6 +46,8 @@ __all__ = [
     "Usage",
     "input_digest",
     "price_statement",
+    "read_settled_usage",
+    "store_moment",
     "read_usage",
     "to_cents",
     "unapplied_flushes",
@@ -277,6 +281,72 @@ def unapplied_flushes(client: Client) -> int:
     """Committed flushes not yet folded into the rollups. A worker applies them when it
     starts (recovery); until then the rollups trail the ledger and must not be billed."""
     return len(Ledger(client).unapplied_flushes())
+
+
+# What the worker has done to the rollups so far: the last committed flush and the
+# flushes not yet folded, the last committed correction and those not yet rebuilt.
+StoreMoment = tuple[int, tuple[int, ...], int, tuple[tuple[int, str], ...]]
+
+
+def store_moment(client: Client) -> StoreMoment:
+    ledger, corrections = Ledger(client), CorrectionStore(client)
+    return (
+        ledger.max_committed_seq(),
+        tuple(ledger.unapplied_flushes()),
+        corrections.max_seq(),
+        tuple(corrections.unapplied()),
+    )
+
+
+def read_settled_usage(
+    client: Client,
+    period: Period,
+    *,
+    wait_seconds: float = 30.0,
+    pause_seconds: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Usage:
+    """The period's quantities as of one moment with nothing half-applied.
+
+    A flush is folded into the rollups one table at a time, and a correction rebuilds a
+    rollup key by deleting it and inserting it again, so a read while either is under
+    way can see one rollup ahead of another, or a key missing. The quantities are read
+    when no committed flush or correction is pending, and kept only if nothing was
+    committed meanwhile; otherwise read again, for up to `wait_seconds`. A flush or a
+    correction still pending then is one a stopped worker left: its recovery finishes it.
+    """
+    deadline = clock() + wait_seconds
+    while True:
+        before = store_moment(client)
+        _, flushes, _, corrections = before
+        if not flushes and not corrections:
+            usage = read_usage(client, period)
+            if store_moment(client) == before:
+                return usage
+        if clock() >= deadline:
+            raise BillingError(_unsettled(flushes, corrections, wait_seconds))
+        sleep(pause_seconds)
+
+
+def _unsettled(
+    flushes: tuple[int, ...], corrections: tuple[tuple[int, str], ...], waited: float
+) -> str:
+    if not flushes and not corrections:
+        return (
+            f"the rollups changed during every read for {waited:g} s (a worker is folding "
+            "flushes or applying corrections without a pause); bill again"
+        )
+    pending = []
+    if flushes:
+        pending.append(f"{len(flushes)} committed flush(es) not yet folded into the rollups")
+    if corrections:
+        ids = ", ".join(correction_id for _, correction_id in corrections)
+        pending.append(f"correction(s) {ids} committed but not yet rebuilt")
+    return (
+        f"{' and '.join(pending)} after {waited:g} s; start the worker once (its recovery "
+        "finishes them), then bill again"
+    )
 
 
 def read_usage(client: Client, period: Period) -> Usage:
