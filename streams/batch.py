@@ -16,7 +16,9 @@ Valid events stay in columns (`streams.valid_events.ValidEvents`): `classify_bat
 takes them from the fast path's decode (`schemas.fast_path.decide_columns`) and the
 per-partition counts from the sorted positions, so a valid event costs no Python
 object of its own; only the messages the fast path cannot decide are classified one
-by one (`classify_fully`, pydantic the judge).
+by one (`classify_fully`, pydantic the judge). It also builds what the flush writes
+of the valid events (their Arrow columns and content lines), so that work overlaps the
+previous batch's flush instead of lengthening this one's.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from schemas.event_columns import EventColumns
 from schemas.events import UsageEvent
 from schemas.fast_path import decide_columns
 from schemas.rejections import Rejection, classify_fully
+from streams.content_digest import counted_event_lines
 from streams.messages import RejectedMessage, SourceMessage, ValidMessage
+from streams.staged_columns import counted_event_arrays
 from streams.valid_events import ValidEvents
 
 __all__ = [
@@ -119,7 +123,12 @@ def classify_batch(
         columns = columns.joined(EventColumns.of_events(event for _, event in judged_valid))
         order = sorted(range(len(rows)), key=rows.__getitem__)
         rows, columns = [rows[k] for k in order], columns.take(order)
-    return _batch_of_sorted(ordered, rows, columns, rejections, extents or {})
+    batch = _batch_of_sorted(ordered, rows, columns, rejections, extents or {})
+    # What the flush writes of the valid events, built here, while the previous batch
+    # is being flushed: the staged columns and the content lines.
+    counted_event_arrays(batch.valid)
+    counted_event_lines(batch.valid)
+    return batch
 
 
 def _batch_of_sorted(

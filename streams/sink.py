@@ -56,6 +56,7 @@ from streams.dead_letter import DeadLetterPublisher, dead_letter_for
 from streams.faults import FaultPlan
 from streams.metrics import Metrics
 from streams.seen_ids import Halves, SeenIdFilter
+from streams.staged_columns import UTC_MILLISECONDS, counted_event_arrays
 from streams.store_failures import Failure, classify_publish_error, classify_store_error
 from streams.valid_events import ValidEvents
 
@@ -395,35 +396,16 @@ class ClickHouseSink:
         return DeadLetterFailureError(message)
 
 
-_UTC_MILLISECONDS = pa.timestamp("ms", tz="UTC")
-
-
 def counted_events_table(
     new: ValidEvents | Sequence[ValidMessage], seq: int, now: datetime
 ) -> pa.Table:
     """The staged rows of one flush, column by column (`COUNTED_EVENT_COLUMNS`)."""
     valid = new if isinstance(new, ValidEvents) else ValidEvents.of_messages(new)
-    events = valid.events
     rows = len(valid)
     columns: dict[str, pa.Array] = {
-        "event_id": pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(16), rows, [None, pa.py_buffer(valid.id_bytes())]
-        ),
-        "occurred_at": pa.array(events.occurred_at_ms, _UTC_MILLISECONDS),
-        "tenant": pa.array(events.tenant, pa.string()),
-        "agency_id": pa.array(events.agency_id, pa.string()),
-        "agency_level": pa.array(events.agency_level, pa.string()),
-        "user_id": pa.array(events.user_id, pa.string()),
-        "conversation_id": pa.array(events.conversation_id, pa.string()),
-        "model": pa.array(events.model, pa.string()),
-        "feature": pa.array(events.feature, pa.string()),
-        "tokens_in": pa.array(events.tokens_in, pa.uint32()),
-        "tokens_out": pa.array(events.tokens_out, pa.uint32()),
-        "topic": pa.array(valid.topics(), pa.string()),
-        "partition": pa.array(valid.partitions(), pa.uint32()),
-        "offset": pa.array(valid.offsets(), pa.uint64()),
+        **counted_event_arrays(valid),
         "flush_seq": pa.repeat(pa.scalar(seq, pa.uint64()), rows),
-        "ingested_at": pa.repeat(pa.scalar(now, _UTC_MILLISECONDS), rows),
+        "ingested_at": pa.repeat(pa.scalar(now, UTC_MILLISECONDS), rows),
     }
     if tuple(columns) != COUNTED_EVENT_COLUMNS:
         raise RuntimeError(

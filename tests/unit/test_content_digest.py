@@ -3,6 +3,8 @@ of `store.ledger.chain` and the per-event construction, on every kind of string.
 
 from __future__ import annotations
 
+import random
+import uuid
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -137,3 +139,25 @@ def test_id_halves_equal_the_filter_s() -> None:
     valid = ValidEvents.of_messages(messages)
     assert (valid.id_halves() == id_halves([v.event.event_id for v in messages])).all()
     assert ValidEvents().id_halves().shape == (0, 2)
+
+
+def test_event_lines_are_sorted_as_the_id_text_sorts() -> None:
+    rng = random.Random(13)
+    messages = [_event(n, "x") for n in range(300)]
+    spelled = [
+        ValidMessage(
+            v.source,
+            v.event.model_copy(update={"event_id": str(uuid.UUID(int=rng.getrandbits(128)))}),
+        )
+        for v in messages
+    ]
+    expected = "".join(content_lines([_chained(v) for v in spelled], [], [])[1:])
+    assert counted_event_lines(ValidEvents.of_messages(spelled)) == expected.encode("ascii")
+
+
+def test_what_was_derived_is_forgotten_when_a_row_is_added() -> None:
+    valid = ValidEvents.of_messages([_event(1, "x")])
+    assert counted_event_lines(valid).count(b"\n") == 1
+    valid.append(_event(2, "y").source, _event(2, "y").event)
+    assert counted_event_lines(valid).count(b"\n") == 2
+    assert valid.offsets() == [10**12 + 1, 10**12 + 2]
