@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Final
 
 from schemas.errors import ServiceError
 from schemas.events import UsageEvent
@@ -37,11 +38,37 @@ from streams.packages import PackageError, PackageReason, decode_package, encode
 from streams.positions import Admission, Positions
 from streams.sink import ClickHouseSink, FlushResult
 
-__all__ = ["LedgerGapError", "NoDeadLetters", "ProcessorPipeline", "StoreOwnerPipeline"]
+__all__ = [
+    "PACKAGE_MAX_BYTES",
+    "LedgerGapError",
+    "NoDeadLetters",
+    "ProcessorPipeline",
+    "StoreOwnerPipeline",
+    "packages_within",
+]
 
 log = logging.getLogger("govmeter.relay")
 
 PublishPackages = Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[None]]
+
+
+# A package is one Kafka message on the relay topic: it must stay under the broker's
+# and the producer's message size limits (1 MiB by default). A batch of 20,000 events
+# on one partition is about 5 MB of package, so a partition's messages of one batch
+# go out as several packages, in offset order, each under this budget.
+PACKAGE_MAX_BYTES: Final = 512 * 1024
+
+
+def packages_within(
+    items: Sequence[tuple[SourceMessage, UsageEvent | Rejection]], max_bytes: int
+) -> list[bytes]:
+    """The messages of one partition as packages of at most `max_bytes` each (halved
+    until they fit; one message always fits: its fields are bounded), in offset order."""
+    package = encode_package(items)
+    if len(package) <= max_bytes or len(items) == 1:
+        return [package]
+    half = len(items) // 2
+    return packages_within(items[:half], max_bytes) + packages_within(items[half:], max_bytes)
 
 
 class LedgerGapError(ServiceError):
@@ -82,8 +109,9 @@ class ProcessorPipeline:
             for message, outcome in outcomes:
                 by_partition.setdefault(message.partition, []).append((message, outcome))
             packages = [
-                (str(partition).encode(), encode_package(items))
+                (str(partition).encode(), package)
                 for partition, items in sorted(by_partition.items())
+                for package in packages_within(items, PACKAGE_MAX_BYTES)
             ]
             await self._publish_packages(packages)
             self.metrics.flushes.inc()

@@ -26,7 +26,7 @@ from streams.packages import (
     encode_package,
 )
 from streams.positions import Positions
-from streams.relay import StoreOwnerPipeline
+from streams.relay import PACKAGE_MAX_BYTES, ProcessorPipeline, StoreOwnerPipeline
 from streams.sink import ClickHouseSink, FlushResult
 
 TOPIC = "usage.events"
@@ -285,3 +285,41 @@ def test_a_batch_of_refused_packages_flushes_nothing() -> None:
     assert sink.batches == []
     assert dict(metrics.packages_rejected) == {"unsupported_version": 1, "wrong_type": 1}
     assert owner.positions.next_offset(TOPIC, 2) is None
+
+
+def test_a_large_batch_of_one_partition_goes_out_as_packages_under_the_size_limit() -> None:
+    """20,000 events with long ids on one partition (about 6 MB of package): every
+    package under the budget, and decoded in order they are exactly the messages."""
+    long = "x" * 120
+    raws = [
+        _event(
+            n % 100,
+            event_id=f"7d3f0f4e-5b8e-4a53-9d55-{n:012d}",
+            user_id=f"{long}-{n}",
+            conversation_id=long,
+        )
+        if n % 50
+        else b"{broken"
+        for n in range(20_000)
+    ]
+    messages = [SourceMessage(TOPIC, 3, 1000 + n, None, raw) for n, raw in enumerate(raws)]
+    published: list[tuple[bytes, bytes]] = []
+
+    async def publish(packages: Any) -> None:
+        published.extend(packages)
+
+    class NoLetters:
+        async def publish(self, letters: Any) -> None:
+            return None
+
+    pipeline = ProcessorPipeline(NoLetters(), publish, Metrics())
+    asyncio.run(pipeline.handle(messages))
+
+    sizes = [len(value) for _, value in published]
+    assert sum(sizes) > 5 * PACKAGE_MAX_BYTES  # the batch did need splitting
+    assert max(sizes) <= PACKAGE_MAX_BYTES
+    assert {key for key, _ in published} == {b"3"}
+    decoded = [item for _, value in published for item in decode_package(value)]
+    assert [source.offset for source, _ in decoded] == [m.offset for m in messages]
+    expected = [classify(m.value) for m in messages]
+    assert [outcome for _, outcome in decoded] == expected
