@@ -207,7 +207,11 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             )
         else:
             pipeline = StoreOwnerPipeline(
-                sink, positions, metrics, events_topic=settings.events_topic
+                sink,
+                positions,
+                metrics,
+                events_topic=settings.events_topic,
+                max_events_per_flush=settings.batch_max_events,
             )
     if intake is not None:
         intake.handler = pipeline

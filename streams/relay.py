@@ -136,10 +136,14 @@ class StoreOwnerPipeline:
         metrics: Metrics,
         *,
         events_topic: str | None = None,
+        max_events_per_flush: int = 20_000,
     ) -> None:
         self.sink = sink
         self.positions = positions
         self.metrics = metrics
+        # The intake's batch limit counts relay messages, each a package of up to a
+        # few thousand events: the owner flushes whenever this many are admitted.
+        self.max_events_per_flush = max_events_per_flush
         # The one source topic packages may describe (None: any, for tests of the relay).
         self.events_topic = events_topic
         self.last_activity = time.monotonic()
@@ -179,6 +183,7 @@ class StoreOwnerPipeline:
         try:
             self.last_activity = time.monotonic()
             admitted: list[tuple[SourceMessage, UsageEvent | Rejection]] = []
+            result: FlushResult | None = None
             for package in package_messages:
                 outcomes = self._unpack(package)
                 if outcomes is None:
@@ -197,14 +202,22 @@ class StoreOwnerPipeline:
                             f"{self.positions.next_offset(source.topic, source.partition)}; "
                             "refusing to count around missing messages"
                         )
-            if not admitted:
-                return None
-            admitted.sort(key=lambda item: (item[0].topic, item[0].partition, item[0].offset))
-            result = await self.sink.flush(assemble_batch(admitted))
-            self.last_activity = time.monotonic()
+                if len(admitted) >= self.max_events_per_flush:
+                    result = await self._flush(admitted)
+                    admitted = []
+            if admitted:
+                result = await self._flush(admitted)
             return result
         finally:
             self.busy = False
+
+    async def _flush(
+        self, admitted: list[tuple[SourceMessage, UsageEvent | Rejection]]
+    ) -> FlushResult:
+        admitted.sort(key=lambda item: (item[0].topic, item[0].partition, item[0].offset))
+        result = await self.sink.flush(assemble_batch(admitted))
+        self.last_activity = time.monotonic()
+        return result
 
 
 class NoDeadLetters:

@@ -323,3 +323,27 @@ def test_a_large_batch_of_one_partition_goes_out_as_packages_under_the_size_limi
     assert [source.offset for source, _ in decoded] == [m.offset for m in messages]
     expected = [classify(m.value) for m in messages]
     assert [outcome for _, outcome in decoded] == expected
+
+
+def test_the_store_owner_flushes_whenever_its_event_limit_is_admitted() -> None:
+    """Seven packages of three messages read at once, at most five events a flush:
+    flushes of six, six, six and three messages (whole packages), in offset order."""
+    sink, metrics = _Sink(), Metrics()
+    owner = StoreOwnerPipeline(
+        cast(ClickHouseSink, sink), Positions(), metrics, events_topic=TOPIC,
+        max_events_per_flush=5,
+    )  # fmt: skip
+    packages = []
+    for number in range(7):
+        raws = [_event(3 * number + i) for i in range(3)]
+        outcomes = [
+            (SourceMessage(TOPIC, 1, 3 * number + i, None, raw), classify(raw))
+            for i, raw in enumerate(raws)
+        ]
+        packages.append(_relayed(number, encode_package(outcomes)))
+    result = asyncio.run(owner.handle(packages))
+    assert [batch.messages for batch in sink.batches] == [6, 6, 6, 3]
+    offsets = [v.source.offset for batch in sink.batches for v in batch.valid]
+    assert offsets == list(range(21))
+    assert result == FlushResult(4, 3, 3, 0, 0)
+    assert owner.positions.next_offset(TOPIC, 1) == 21
