@@ -212,6 +212,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
                 metrics,
                 events_topic=settings.events_topic,
                 max_events_per_flush=settings.batch_max_events,
+                first_readable=gap_probe.first_readable,
             )
     if intake is not None:
         intake.handler = pipeline

@@ -2,17 +2,23 @@
 
     processor (any number, one consumer group on the events topic):
       1. classify the batch            2. publish its dead letters, wait for acks
-      3. publish one flush package per source partition, wait for acks
-      then faust acknowledges the source messages (offsets trail the packages).
-    store owner (exactly one; it owns the embedded store):
+      3. publish the flush packages of each source partition (several when they
+         would exceed PACKAGE_MAX_BYTES), wait for acks
+      then the source messages are acknowledged (offsets trail the packages).
+    store owner (exactly one; it owns the store):
       reads packages in order from a one-partition topic, admits each message by
       the ledger position of its SOURCE partition (skipping what is already
-      counted), and flushes through the same sink as the single-process worker.
+      counted), and flushes through the same sink as the single-process worker,
+      every METERING_BATCH_MAX_EVENTS admitted events.
 
 A processor that dies after step 3 but before its offsets are committed makes a
-peer publish the same offsets again: the owner skips them by the ledger. The owner
-never sees a gap, because a processor commits only what it published; if one
-appears anyway the owner stops rather than count around it.
+peer publish the same offsets again: the owner skips them by the ledger. A
+processor commits only what it published, so the only jumps the owner meets are
+offsets no read_committed reader gets (transaction markers, aborted records): the
+owner asks the broker (`first_readable`) and accepts a jump only when no committed
+record lies in it, and the flush's range then starts at the ledger's position, so
+the ranges still tile each partition. Any other jump stops the owner rather than
+count around it.
 
 The relay topic is input too: the owner validates every package before admitting any
 of its messages (`streams.packages.decode_package`, and the source topic must be the
@@ -31,10 +37,11 @@ from typing import Final
 from schemas.errors import ServiceError
 from schemas.events import UsageEvent
 from schemas.rejections import Rejection, classify
-from streams.batch import RejectedMessage, SourceMessage, assemble_batch
+from streams.batch import Extents, RejectedMessage, SourceMessage, assemble_batch
 from streams.dead_letter import DeadLetter, DeadLetterPublisher, dead_letter_for
 from streams.metrics import Metrics
 from streams.packages import PackageError, PackageReason, decode_package, encode_package
+from streams.pipeline import FirstReadable
 from streams.positions import Admission, Positions
 from streams.sink import ClickHouseSink, FlushResult
 
@@ -137,6 +144,7 @@ class StoreOwnerPipeline:
         *,
         events_topic: str | None = None,
         max_events_per_flush: int = 20_000,
+        first_readable: FirstReadable | None = None,
     ) -> None:
         self.sink = sink
         self.positions = positions
@@ -144,6 +152,9 @@ class StoreOwnerPipeline:
         # The intake's batch limit counts relay messages, each a package of up to a
         # few thousand events: the owner flushes whenever this many are admitted.
         self.max_events_per_flush = max_events_per_flush
+        # Asks the broker whether a committed record lies in a jump between the ledger
+        # and a package (None: every jump is refused).
+        self._first_readable = first_readable
         # The one source topic packages may describe (None: any, for tests of the relay).
         self.events_topic = events_topic
         self.last_activity = time.monotonic()
@@ -183,6 +194,10 @@ class StoreOwnerPipeline:
         try:
             self.last_activity = time.monotonic()
             admitted: list[tuple[SourceMessage, UsageEvent | Rejection]] = []
+            # Partitions whose flush range starts before its first message: the offsets
+            # in between hold no committed record (transaction markers, aborted records).
+            starts: dict[tuple[str, int], int] = {}
+            counting: set[tuple[str, int]] = set()  # partitions with messages admitted
             result: FlushResult | None = None
             for package in package_messages:
                 outcomes = self._unpack(package)
@@ -191,31 +206,62 @@ class StoreOwnerPipeline:
                 for source, outcome in outcomes:
                     self.metrics.events_in.inc()
                     verdict = self.positions.admit(source.topic, source.partition, source.offset)
+                    key = (source.topic, source.partition)
+                    if verdict is Admission.GAP:
+                        expected = await self._accept_jump(source)
+                        if key not in counting:  # the range begins before this message
+                            starts[key] = expected
+                        verdict = self.positions.admit(*key, source.offset)
                     if verdict is Admission.NEW:
+                        counting.add(key)
                         admitted.append((source, outcome))
-                    elif verdict is Admission.ALREADY_COUNTED:
-                        self.metrics.already_counted_skipped.inc()
                     else:
-                        raise LedgerGapError(
-                            f"{source.topic}[{source.partition}]: a package starts at offset "
-                            f"{source.offset}, but the ledger expects "
-                            f"{self.positions.next_offset(source.topic, source.partition)}; "
-                            "refusing to count around missing messages"
-                        )
+                        self.metrics.already_counted_skipped.inc()
                 if len(admitted) >= self.max_events_per_flush:
-                    result = await self._flush(admitted)
-                    admitted = []
+                    result = await self._flush(admitted, starts)
+                    admitted, starts, counting = [], {}, set()
             if admitted:
-                result = await self._flush(admitted)
+                result = await self._flush(admitted, starts)
             return result
         finally:
             self.busy = False
 
+    async def _accept_jump(self, source: SourceMessage) -> int:
+        """A package message beyond the ledger's next offset: accepted only when the
+        broker says a read_committed reader gets no record before it (a processor's read
+        skips transaction markers and aborted records, and relays only records).
+        Returns the offset the jump starts at."""
+        key = (source.topic, source.partition)
+        expected = self.positions.next_offset(*key)
+        first = None
+        if self._first_readable is not None and expected is not None:
+            first = await self._first_readable(*key, expected, source.offset)
+        if expected is None or first is None or first < source.offset:
+            found = (
+                "the broker did not answer"
+                if first is None
+                else f"the broker has a committed record at {first}"
+            )
+            raise LedgerGapError(
+                f"{source.topic}[{source.partition}]: a package starts at offset "
+                f"{source.offset}, but the ledger expects {expected} and {found}; "
+                "refusing to count around missing messages (a restart reads the relay "
+                "topic again from the ledger)"
+            )
+        self.positions.accept_from(*key, source.offset)
+        return expected
+
     async def _flush(
-        self, admitted: list[tuple[SourceMessage, UsageEvent | Rejection]]
+        self,
+        admitted: list[tuple[SourceMessage, UsageEvent | Rejection]],
+        starts: dict[tuple[str, int], int],
     ) -> FlushResult:
         admitted.sort(key=lambda item: (item[0].topic, item[0].partition, item[0].offset))
-        result = await self.sink.flush(assemble_batch(admitted))
+        lasts: dict[tuple[str, int], int] = {}
+        for source, _ in admitted:
+            lasts[(source.topic, source.partition)] = source.offset
+        extents: Extents = {key: (start, lasts[key]) for key, start in starts.items()}
+        result = await self.sink.flush(assemble_batch(admitted, extents or None))
         self.last_activity = time.monotonic()
         return result
 

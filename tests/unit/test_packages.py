@@ -26,7 +26,12 @@ from streams.packages import (
     encode_package,
 )
 from streams.positions import Positions
-from streams.relay import PACKAGE_MAX_BYTES, ProcessorPipeline, StoreOwnerPipeline
+from streams.relay import (
+    PACKAGE_MAX_BYTES,
+    LedgerGapError,
+    ProcessorPipeline,
+    StoreOwnerPipeline,
+)
 from streams.sink import ClickHouseSink, FlushResult
 
 TOPIC = "usage.events"
@@ -347,3 +352,39 @@ def test_the_store_owner_flushes_whenever_its_event_limit_is_admitted() -> None:
     assert offsets == list(range(21))
     assert result == FlushResult(4, 3, 3, 0, 0)
     assert owner.positions.next_offset(TOPIC, 1) == 21
+
+
+def _package_of(partition: int, offsets: list[int]) -> bytes:
+    outcomes = [
+        (SourceMessage(TOPIC, partition, offset, None, _event(offset)), classify(_event(offset)))
+        for offset in offsets
+    ]
+    return encode_package(outcomes)
+
+
+def test_the_store_owner_accepts_a_jump_only_when_the_broker_has_no_record_in_it() -> None:
+    """Offsets 3-4 and 8 hold no committed record (markers, an aborted record); the
+    broker has a record at 12, which no package carried."""
+    asked: list[tuple[int, int]] = []
+
+    async def first_readable(topic: str, partition: int, start: int, up_to: int) -> int | None:
+        asked.append((start, up_to))
+        return 12 if start >= 11 else up_to
+
+    sink = _Sink()
+    owner = StoreOwnerPipeline(
+        cast(ClickHouseSink, sink), Positions({(TOPIC, 1): 3}), Metrics(), events_topic=TOPIC,
+        first_readable=first_readable,
+    )  # fmt: skip
+    packages = [_relayed(0, _package_of(1, [5, 6, 7])), _relayed(1, _package_of(1, [9, 10]))]
+    asyncio.run(owner.handle(packages))
+    [batch] = sink.batches
+    [partition_range] = batch.ranges.values()
+    # the range starts at the ledger's 3, not at the first message; 8 lies inside it
+    assert (partition_range.first_offset, partition_range.last_offset) == (3, 10)
+    assert (partition_range.messages, batch.skipped_offsets) == (5, 3)
+    assert asked == [(3, 5), (8, 9)]
+
+    with pytest.raises(LedgerGapError, match="committed record at 12"):
+        asyncio.run(owner.handle([_relayed(2, _package_of(1, [13]))]))
+    assert len(sink.batches) == 1
