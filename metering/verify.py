@@ -21,6 +21,8 @@ from typing import Any, Final
 from clickhouse_connect.driver.client import Client
 
 from metering.periods import Period
+from store.corrections.chain import DECISION_FIELDS, correction_content_sha256
+from store.corrections.sql import MARKS_OF
 from store.ledger.chain import (
     ChainedEvent,
     ChainedRange,
@@ -69,6 +71,12 @@ WHERE 1 {period}
 
 _FIGURES: Final = ("messages", "tokens_in", "tokens_out", "active_users")
 
+_CORRECTIONS: Final = f"""
+SELECT {", ".join(DECISION_FIELDS)}, content_sha256, chain_sha256
+FROM metering.corrections
+ORDER BY correction_seq
+"""
+
 
 @dataclass
 class VerifyResult:
@@ -78,18 +86,56 @@ class VerifyResult:
     flush_failures: list[str] = field(default_factory=list)
     agency_days: int = 0
     rollup_failures: list[str] = field(default_factory=list)
+    corrections: int = 0
+    corrections_not_chained: list[int] = field(default_factory=list)
+    correction_failures: list[str] = field(default_factory=list)
     period: str = "all days"
 
     @property
     def ok(self) -> bool:
-        return not self.flush_failures and not self.rollup_failures
+        return not self.flush_failures and not self.rollup_failures and not self.correction_failures
 
 
 def verify_store(client: Client, period: Period | None = None) -> VerifyResult:
     result = VerifyResult(period=period.describe() if period is not None else "all days")
     _verify_chain(client, result)
+    _verify_corrections(client, result)
     _verify_rollups(client, period, result)
     return result
+
+
+def _verify_corrections(client: Client, result: VerifyResult) -> None:
+    """Recompute each correction's hash from its row and marks, and the chain."""
+    previous = ""
+    for row in client.query(_CORRECTIONS).result_rows:
+        decision = dict(zip(DECISION_FIELDS, row[: len(DECISION_FIELDS)], strict=True))
+        stored_content, stored_chain = str(row[-2]), str(row[-1])
+        seq = int(decision["correction_seq"])
+        result.corrections += 1
+        if not stored_content:
+            result.corrections_not_chained.append(seq)
+            previous = stored_chain
+            continue
+        marks = client.query(MARKS_OF, parameters={"seq": seq}).result_rows
+        content = correction_content_sha256(decision, marks)
+        name = f"correction {seq} ({decision['correction_id']})"
+        if content != stored_content:
+            result.correction_failures.append(
+                f"{name}: content hash differs (stored {stored_content[:16]}..., recomputed "
+                f"{content[:16]}...): its row or one of its {len(marks)} mark(s) changed"
+                + (
+                    f" (the row says {decision['events_marked']} marked)"
+                    if int(decision["events_marked"]) != len(marks)
+                    and decision["status"] == "applied"
+                    else ""
+                )
+            )
+        elif chain_sha256(previous, content) != stored_chain:
+            result.correction_failures.append(
+                f"{name}: chain hash differs: it does not follow the previous correction's "
+                "chain (a correction before it was removed or replaced)"
+            )
+        previous = stored_chain
 
 
 def _verify_chain(client: Client, result: VerifyResult) -> None:
@@ -221,6 +267,18 @@ def render_verification(result: VerifyResult) -> str:
         lines.extend(f"  also: {failure}" for failure in result.flush_failures[1:10])
     else:
         lines.append("  every chained flush's content and chain hash recomputes from the store")
+    chained = result.corrections - len(result.corrections_not_chained)
+    lines.append(
+        f"corrections: {result.corrections} ({chained} chained, "
+        f"{len(result.corrections_not_chained)} not chained (before 0011))"
+    )
+    if result.correction_failures:
+        lines.append(f"FIRST CORRECTION THAT DIFFERS: {result.correction_failures[0]}")
+        lines.extend(f"  also: {failure}" for failure in result.correction_failures[1:10])
+    elif result.corrections:
+        lines.append(
+            "  every chained correction's content and chain hash recomputes from the store"
+        )
     lines.append(f"rollups vs counted events, {result.period}: {result.agency_days} agency-days")
     if result.rollup_failures:
         lines.append(f"FIRST AGENCY-DAY THAT DIFFERS: {result.rollup_failures[0]}")

@@ -45,6 +45,7 @@ from schemas.corrections import CorrectionError, CorrectionRecord, decode_correc
 from schemas.errors import ServiceError
 from schemas.events import canonical_uuid
 from store.corrections import CorrectionStore
+from store.corrections.chain import chain_sha256, correction_content_sha256
 from store.corrections.sql import SCOPE_EVENT, SCOPE_RANGE
 from store.ledger import Ledger
 from streams.batch import SourceMessage
@@ -285,6 +286,7 @@ class CorrectionApplier:
         last_day: Any = None,
     ) -> None:
         now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as DateTime64(3)
         row: dict[str, Any] = {
             "correction_id": correction_id,
             "correction_seq": seq,
@@ -311,6 +313,9 @@ class CorrectionApplier:
             "worker": self._worker,
             "committed_at": now,
         }
+        marks = self._store.marks_of(seq) if not refused else []
+        row["content_sha256"] = correction_content_sha256(row, marks)
+        row["chain_sha256"] = chain_sha256(self._store.chain_head(), row["content_sha256"])
         self._store.commit(row, f"correction-{correction_id}-commit")
 
     # -- retries -----------------------------------------------------------------

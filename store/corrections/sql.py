@@ -12,11 +12,13 @@ from store.ledger.sql import APPLY_ROLLUPS
 
 __all__ = [
     "AFFECTED_KEYS",
+    "CHAIN_HEAD",
     "CORRECTION_COLUMNS",
     "DECIDED",
     "DELETE_ORPHAN_MARKS",
     "EVENT_STATE",
     "MARKED",
+    "MARKS_OF",
     "MARK_APPLIED",
     "MAX_SEQ",
     "ORPHAN_MARKS",
@@ -56,7 +58,22 @@ CORRECTION_COLUMNS: Final = (
     "source_offset",
     "worker",
     "committed_at",
+    "content_sha256",
+    "chain_sha256",
 )
+
+# Step b's hash (store/corrections/chain.py): the marks of one correction as committed.
+MARKS_OF: Final = """
+SELECT toString(event_id), toString(action), agency_id, toString(agency_level),
+       tokens_in, tokens_out
+FROM metering.correction_marks
+WHERE correction_seq = {seq:UInt64}
+"""
+
+# The chain hash of the last committed correction ('' before the first).
+CHAIN_HEAD: Final = """
+SELECT argMax(chain_sha256, correction_seq) FROM metering.corrections
+"""
 
 DECIDED: Final = """
 SELECT status, correction_seq, refused_reason

@@ -85,6 +85,17 @@ class CorrectionStore:
         count, first, last = self.client.query(sql.MARKED, parameters={"seq": seq}).result_rows[0]
         return Marked(int(count), first if int(count) else None, last if int(count) else None)
 
+    def marks_of(self, seq: int) -> list[tuple[Any, ...]]:
+        """The committed marks of one correction (`chain.MARK_FIELDS` each)."""
+        return [
+            tuple(row)
+            for row in self.client.query(sql.MARKS_OF, parameters={"seq": seq}).result_rows
+        ]
+
+    def chain_head(self) -> str:
+        rows = self.client.query(sql.CHAIN_HEAD).result_rows
+        return str(rows[0][0] or "") if rows else ""
+
     def affected_keys(self, seq: int) -> list[RollupKey]:
         rows = self.client.query(sql.AFFECTED_KEYS, parameters={"seq": seq}).result_rows
         return [(day, str(tenant), str(agency)) for day, tenant, agency in rows]

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from metering.verify import verify_store
 from schemas.corrections import CorrectionRecord, encode_correction, validate_correction
 from schemas.rejections import classify
 from store import connect
@@ -328,3 +329,39 @@ def test_a_rebuild_repeated_after_it_finished_changes_nothing(client: Client) ->
         store.rebuild(keys, f"redo-{seq}-{uuid.uuid4().hex}")
         store.rebuild(keys, f"redo-{seq}-{uuid.uuid4().hex}")
     assert _views(client) == _expected(_corrected([VOID_ONE, AMEND_ONE]))
+
+
+def _tamper_and_verify(client: Client, statement: str) -> list[str]:
+    assert _apply(client, [VOID_ONE, AMEND_ONE, VOID_RANGE]) == ["applied"] * 3
+    clean = verify_store(client)
+    assert (clean.ok, clean.corrections, clean.corrections_not_chained) == (True, 3, [])
+    client.command(f"{statement} SETTINGS mutations_sync = 2")
+    return verify_store(client).correction_failures
+
+
+def test_verify_names_the_correction_whose_mark_was_edited(client: Client) -> None:
+    failures = _tamper_and_verify(
+        client,
+        "ALTER TABLE metering.correction_marks UPDATE tokens_in = 999 WHERE correction_seq = 2",
+    )
+    assert len(failures) == 1
+    assert failures[0].startswith(f"correction 2 ({AMEND_ONE.correction_id}): content hash")
+
+
+def test_verify_names_the_correction_whose_approver_was_edited(client: Client) -> None:
+    failures = _tamper_and_verify(
+        client,
+        "ALTER TABLE metering.corrections UPDATE approved_by = 'ana' WHERE correction_seq = 1",
+    )
+    assert len(failures) == 1
+    assert failures[0].startswith(f"correction 1 ({VOID_ONE.correction_id}): content hash")
+
+
+def test_verify_names_the_correction_after_one_that_was_removed(client: Client) -> None:
+    failures = _tamper_and_verify(
+        client, "ALTER TABLE metering.corrections DELETE WHERE correction_seq = 1"
+    )
+    assert failures == [
+        f"correction 2 ({AMEND_ONE.correction_id}): chain hash differs: it does not follow "
+        "the previous correction's chain (a correction before it was removed or replaced)"
+    ]

@@ -439,3 +439,8 @@ WHERE e.flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
   AND m.latest_action != 'void';
 
 ALTER TABLE metering.billing_runs ON CLUSTER 'govmeter' ADD COLUMN IF NOT EXISTS corrections Array(String) DEFAULT [];
+
+-- store/sql/0011_corrections_chain.sql (sha256 bd03b90ec05e87131c589604516db86e1e53d83843259ca419a0eb3fddd26674)
+ALTER TABLE metering.corrections ON CLUSTER 'govmeter'
+    ADD COLUMN IF NOT EXISTS content_sha256 String DEFAULT '',
+    ADD COLUMN IF NOT EXISTS chain_sha256 String DEFAULT '';
