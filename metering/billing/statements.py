@@ -47,8 +47,8 @@ __all__ = [
     "input_digest",
     "price_statement",
     "read_settled_usage",
-    "store_moment",
     "read_usage",
+    "store_moment",
     "to_cents",
     "unapplied_flushes",
 ]
