@@ -27,7 +27,6 @@ import bisect
 import os
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -42,7 +41,7 @@ import orjson
 from confluent_kafka import Producer
 
 from bench.reference import Reference
-from bench.rows import BenchRun
+from bench.rows import BenchRun, free_server_ports
 from bench.runner import LogLine, Running
 from bench.topic import create_topic, delete_topics_containing
 from bench.worklog import worker_timeline
@@ -198,12 +197,6 @@ class _Poller:
             self._stop.wait(self._period)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.freshness", description=__doc__.split("\n\n")[0]
@@ -258,11 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = work / "pipeline-store"
     server: LocalServer | None = None
     if args.store == "server":
+        http_port, tcp_port = free_server_ports()
         server = LocalServer(
             ServerOptions(
                 layout=ServerLayout.for_data_dir(store, None),
-                http_port=_free_port(),
-                tcp_port=_free_port(),
+                http_port=http_port,
+                tcp_port=tcp_port,
             )
         )
     url = server.options.http_url if server is not None else f"chdb://{store}"

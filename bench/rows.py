@@ -27,6 +27,7 @@ from bench.worklog import WorkerTimeline, worker_timeline
 __all__ = [
     "ROWS",
     "BenchRun",
+    "free_server_ports",
     "probe_quix",
     "run_faust",
     "run_floor",
@@ -212,6 +213,14 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def free_server_ports() -> tuple[int, int]:
+    """Two different free loopback ports: a local server's HTTP and native TCP."""
+    http_port, tcp_port = _free_port(), _free_port()
+    while tcp_port == http_port:
+        tcp_port = _free_port()
+    return http_port, tcp_port
+
+
 def _cpu_seconds(pid: int) -> float | None:
     """utime + stime of every thread of `pid`, from /proc/PID/stat."""
     try:
@@ -289,9 +298,7 @@ def run_pipeline_server(
     at rest and at peak, and its CPU while the worker ran."""
     key, (row, name) = "2s", ROWS["2s"]
     data_dir = bench.work / "server-store"
-    http_port, tcp_port = _free_port(), _free_port()
-    while tcp_port == http_port:
-        tcp_port = _free_port()
+    http_port, tcp_port = free_server_ports()
     server_env = bench.env(
         CLICKHOUSE_DATA_DIR=str(data_dir),
         CLICKHOUSE_HTTP_PORT=str(http_port),

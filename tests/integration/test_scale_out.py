@@ -27,7 +27,7 @@ RELAY_ENV = {
 }
 
 
-def _worker(run: MeteringRun, role: str, until_idle: float | None) -> subprocess.Popen[str]:
+def start_role(run: MeteringRun, role: str, until_idle: float | None) -> subprocess.Popen[str]:
     args = [sys.executable, "-m", "metering.cli", "worker", "--role", role]
     if until_idle is not None:
         args += ["--until-idle", str(until_idle)]
@@ -71,8 +71,8 @@ def test_three_processors_one_killed_and_one_store_owner_are_exact(
 
     run = MeteringRun.fresh(kafka_env, Path(str(tmp_path)), partitions=6)
     run.replay(CORPUS)
-    processors = [_worker(run, "processor", until_idle=None) for _ in range(3)]
-    owner = _worker(run, "store-owner", until_idle=4.0)
+    processors = [start_role(run, "processor", until_idle=None) for _ in range(3)]
+    owner = start_role(run, "store-owner", until_idle=4.0)
     try:
         victim = _first_to_log(processors, "batch relayed")
         victim.send_signal(signal.SIGKILL)
