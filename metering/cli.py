@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -54,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="exit 0 once everything is flushed and nothing arrived for SECONDS",
+    )
+    worker.add_argument(
+        "--processes",
+        metavar="N",
+        help="writer processes, each owning some partitions (env METERING_WORKER_PROCESSES, "
+        "default 1; 'auto': one per core); more than one needs a store server",
     )
     worker.add_argument(
         "--role",
@@ -144,8 +151,32 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(**{name: getattr(args, name) for name in names})
 
 
+def _worker_processes(flag: str | None) -> int:
+    """--processes, else METERING_WORKER_PROCESSES, else 1; 'auto' is the core count."""
+    value = flag if flag is not None else os.environ.get("METERING_WORKER_PROCESSES", "1")
+    where = "--processes" if flag is not None else "METERING_WORKER_PROCESSES"
+    if value.strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        processes = int(value)
+    except ValueError:
+        processes = 0
+    if not 1 <= processes <= 64:
+        raise SettingsError(
+            f"invalid configuration:\n  {where}: {value!r} is not a number of processes "
+            "from 1 to 64, nor 'auto' (one per core)"
+        )
+    return processes
+
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """The command line from `worker` on, for the writer processes to repeat."""
+    return argv[argv.index("worker") :] if "worker" in argv else ["worker"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from metering.logs import configure_logging
 
     try:
@@ -210,6 +241,16 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "worker":
         from metering.worker import run_worker
 
+        processes = _worker_processes(args.processes)
+        if processes > 1:
+            if args.role != "all":
+                raise SettingsError(
+                    "invalid configuration:\n  --processes: only the default --role all "
+                    "runs several writer processes; start processors one by one"
+                )
+            from metering.worker_processes import run_worker_processes
+
+            return run_worker_processes(settings, processes, _worker_argv(args.argv))
         summary = run_worker(settings, until_idle=args.until_idle, role=args.role)
         metrics = summary.metrics
         if args.role == "processor":

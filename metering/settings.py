@@ -138,6 +138,9 @@ class Settings(BaseSettings):
         int, Field(validation_alias=_env("METERING_HEALTH_PORT"), ge=0, le=65535)
     ] = 9464
     worker_name: Annotated[str, Field(validation_alias=_env("METERING_WORKER_NAME"))] = ""
+    # Where writers of one store on this machine share their lock file (the system's
+    # temp dir when empty); every writer of a store must use the same directory.
+    lock_dir: Annotated[str, Field(validation_alias=_env("METERING_LOCK_DIR"))] = ""
     replay_compression: Annotated[
         Literal["none", "gzip", "snappy", "lz4", "zstd"],
         Field(validation_alias=_env("METERING_REPLAY_COMPRESSION")),

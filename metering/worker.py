@@ -35,6 +35,7 @@ from schemas.errors import ServiceError
 from store import describe_store
 from store.corrections import CorrectionStore
 from store.ledger import Ledger, recover
+from store.ledger.writers_lock import WritersLock, lock_path_for, store_identity
 from store.retention import apply_retention
 from streams.app import (
     FaustDeadLetterPublisher,
@@ -94,6 +95,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     sink: ClickHouseSink | None = None
     corrections: CorrectionsReader | None = None
     client = None
+    lock: WritersLock | None = None
     pipeline: Any
 
     group = settings.consumer_group if role != "store-owner" else f"{settings.consumer_group}-store"
@@ -135,7 +137,25 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             else None,
         )
         ledger = Ledger(client)
-        state = recover(ledger)
+        faults = FaultPlan.from_environment()
+        correction_store = CorrectionStore(client)
+
+        def recover_store() -> None:
+            recover(ledger)
+            recover_corrections(correction_store, faults)
+
+        # Every writer of this store on this machine shares the lock (see
+        # store.ledger.writers_lock); recovery runs holding it, so it never takes the
+        # staged rows of another writer midway through a flush.
+        lock = WritersLock(
+            lock_path_for(
+                store_identity(client, settings.clickhouse_url), settings.lock_dir or None
+            ),
+            on_dirty=recover_store,
+        )
+        with lock.holding():
+            state = recover(ledger)
+            finished = recover_corrections(correction_store, faults)
         log.info(
             "store ready",
             extra={
@@ -144,11 +164,9 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
                 "next_flush_seq": state.next_flush_seq,
                 "orphan_rows_deleted": state.orphan_rows_deleted,
                 "flushes_reapplied": state.flushes_reapplied,
+                "writers_lock": str(lock.path),
             },
         )
-        faults = FaultPlan.from_environment()
-        correction_store = CorrectionStore(client)
-        finished = recover_corrections(correction_store, faults)
         if finished:
             log.info("corrections finished at start", extra={"corrections": finished})
         seen_ids = None
@@ -173,6 +191,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
             faults=faults,
             metrics=metrics,
             seen_ids=seen_ids,
+            lock=lock,
         )
         # Corrections are applied by the process that owns the store, on the sink's
         # store thread: one correction at a time, never between a flush's steps.
@@ -218,6 +237,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         intake.handler = pipeline
         if isinstance(pipeline, MeteringPipeline):
             intake.resume_offset = pipeline.positions.next_offset
+            intake.on_assigned = pipeline.partitions_assigned
     else:
         attach_pipeline(app, options, pipeline, topic_name=source_topic)
     health_server = await _start_health(
@@ -289,6 +309,8 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         sink.close()
     if client is not None:
         client.close()
+    if lock is not None:
+        lock.close()
     if corrections_error is not None:
         if isinstance(corrections_error, ServiceError):
             raise corrections_error
@@ -450,7 +472,7 @@ async def _stop_when_idle(
             quiet_for = time.monotonic() - pipeline.last_activity
             if pipeline.busy or quiet_for < idle_seconds:
                 continue
-            positions = await sink.run_on_store(sink.ledger.resume_positions)
+            positions = await sink.run_on_store(sink.ledger.resume_positions, locked=False)
             ledger = {
                 partition: offset
                 for (topic, partition), offset in positions.items()

@@ -85,6 +85,11 @@ class ClassifiedBatch:
     rejected: list[RejectedMessage] = field(default_factory=list)
     in_batch_duplicates: ValidEvents = field(default_factory=ValidEvents)
     ranges: dict[tuple[str, int], PartitionRange] = field(default_factory=dict)
+    # Where the reader believed the ledger resumed each partition when it read it
+    # (None: nothing of it counted). The sink refuses the flush, under the writers'
+    # lock, when the ledger says otherwise: another writer counted there meanwhile.
+    # A partition missing here is not checked (a batch built outside the pipeline).
+    read_from: dict[tuple[str, int], int | None] = field(default_factory=dict)
 
     @property
     def messages(self) -> int:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, runtime_checkable
 
@@ -123,12 +123,24 @@ class BatchIntake:
         # Where the store says each assigned partition resumes (None: nothing of it was
         # counted, so from the beginning); unset, the group's committed offsets apply.
         self.resume_offset: Callable[[str, int], int | None] | None = None
+        # Called with the newly assigned partitions before they are positioned: with
+        # several writers, another one may have counted there since this one last did.
+        self.on_assigned: Callable[[list[tuple[str, int]]], Awaitable[None]] | None = None
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
         consumer = self._require_consumer()
         tp = TopicPartition(topic, partition)
+        if tp not in consumer.assignment():
+            # Revoked meanwhile (a rebalance): whoever is assigned it next positions it
+            # from the ledger (`seek_assigned`).
+            self._at.pop(tp, None)
+            self._assignments += 1
+            return
         consumer.seek(tp, offset)
         self._at[tp] = offset
+        # A seek while a read is under way (a refused flush puts its partitions back)
+        # makes that read's spans unknown: it is judged record by record.
+        self._assignments += 1
 
     async def earliest_offset(self, topic: str, partition: int) -> int:
         consumer = self._require_consumer()
@@ -355,8 +367,8 @@ class BatchIntake:
         if in_flight is None:
             return
         flushing, offsets = in_flight
-        if flushing is not None:
-            await flushing
+        if flushing is not None and await flushing is None:
+            return  # refused as stale: its partitions are read again, nothing to commit
         await self._commit(offsets)
 
     async def _handle(self, messages: Sequence[SourceMessage]) -> None:
@@ -402,6 +414,8 @@ class _ResumeFromStore(ConsumerRebalanceListener):  # type: ignore[misc]
         self._intake.revoked()
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        if self._intake.on_assigned is not None:
+            await self._intake.on_assigned([(tp.topic, tp.partition) for tp in assigned])
         await self._intake.seek_assigned(list(assigned))
         self._intake.assigned()
 

@@ -61,6 +61,9 @@ class Metrics:
         self.duplicates = Counter()
         self.already_counted_skipped = Counter()
         self.flushes = Counter()
+        # Flushes refused under the writers' lock: another writer had moved the ledger of
+        # one of their partitions (the batch is read again from the ledger).
+        self.flushes_refused = Counter()
         # Every failed store attempt; `store_failures` says transient or not, and why.
         self.store_errors = Counter()
         self.store_failures = FailureRecord()
@@ -123,6 +126,7 @@ class Metrics:
             "rejected": dict(sorted(self.rejected_by_reason.items())),
             "already_counted_skipped": self.already_counted_skipped.value,
             "flushes": self.flushes.value,
+            "flushes_refused": self.flushes_refused.value,
             "store_errors": self.store_errors.value,
             "store_errors_by_cause": self.store_failures.summary(),
             "dead_letter_errors": self.dead_letter_failures.total.value,

@@ -30,6 +30,14 @@ Before a leading jump is accepted, the broker's earliest offset is checked: offs
 deleted by retention before they were counted are logged as an error and the range
 starts after them, so the loss stays visible in the ledger as a hole.
 
+With several writers, a partition can move to another writer between the read and
+the flush (a rebalance, a pause past the session timeout). Each batch says where its
+reader believed the ledger resumed every partition (`ClassifiedBatch.read_from`); the
+sink refuses the flush under the writers' lock when the ledger moved meanwhile, and
+the pipeline then puts its partitions back where the ledger resumes them and seeks
+there (`reload_from_ledger`, also run for every partition assigned to this writer).
+The refused batch's offsets are not acknowledged.
+
 `prepare` (admit and classify) and `flush` are separate so that the batch intake can
 classify batch N+1 on one thread while batch N is flushed on the store thread: the
 store releases the interpreter lock while it works, so both cores are busy. Flushes
@@ -42,13 +50,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from streams.batch import ClassifiedBatch, Extents, SourceMessage, classify_batch
 from streams.metrics import Metrics
 from streams.positions import Admission, PositionError, Positions, Span, gap_inside_delivery
-from streams.sink import ClickHouseSink, FlushResult
+from streams.sink import ClickHouseSink, FlushResult, StaleFlushError
 
 __all__ = ["MeteringPipeline", "Spans"]
 
@@ -107,32 +115,68 @@ class MeteringPipeline:
         try:
             self.last_activity = time.monotonic()
             self.metrics.events_in.inc(len(messages))
-            admitted, extents = await self._admit(messages, spans or {})
+            admitted, extents, read_from = await self._admit(messages, spans or {})
             if not extents:
                 return None
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._classifier, classify_batch, admitted, extents)
+            batch = await loop.run_in_executor(self._classifier, classify_batch, admitted, extents)
+            batch.read_from = read_from
+            return batch
         finally:
             self._working -= 1
 
-    async def flush(self, batch: ClassifiedBatch) -> FlushResult:
+    async def flush(self, batch: ClassifiedBatch) -> FlushResult | None:
+        """The batch's flush; None when the sink refused it as stale (read it again)."""
         self._working += 1
         try:
-            result = await self.sink.flush(batch)
+            try:
+                result = await self.sink.flush(batch)
+            except StaleFlushError as refused:
+                await self.reload_from_ledger(batch.ranges.keys(), refused.ledger)
+                return None
             self.last_activity = time.monotonic()
             return result
         finally:
             self._working -= 1
 
+    async def reload_from_ledger(
+        self,
+        partitions: Iterable[TP],
+        ledger: Mapping[TP, int] | None = None,
+        *,
+        seek: bool = True,
+    ) -> None:
+        """Resume `partitions` where the ledger does (another writer may have counted
+        there) and, with `seek`, move the consumer there; a partition the ledger never
+        saw starts at the broker's earliest offset again."""
+        if ledger is None:
+            ledger = await self.sink.run_on_store(self.sink.ledger.resume_positions, locked=False)
+        for tp in sorted(set(partitions)):
+            at = ledger.get(tp)
+            if at is None:
+                self.positions.forget(*tp)
+                if seek:
+                    await self._seek(*tp, await self._earliest_offset(*tp))
+            else:
+                self.positions.accept_from(*tp, at)
+                if seek:
+                    await self._seek(*tp, at)
+
+    async def partitions_assigned(self, partitions: list[TP]) -> None:
+        """The intake's assignment hook: positions from the ledger, not from memory."""
+        await self.reload_from_ledger(partitions, seek=False)
+
     async def _admit(
         self, messages: Sequence[SourceMessage], spans: Spans
-    ) -> tuple[list[SourceMessage], Extents]:
+    ) -> tuple[list[SourceMessage], Extents, dict[TP, int | None]]:
         by_partition: dict[TP, list[SourceMessage]] = {}
         for message in messages:
             by_partition.setdefault((message.topic, message.partition), []).append(message)
         admitted: list[SourceMessage] = []
         extents: Extents = {}
+        read_from: dict[TP, int | None] = {}
         for tp in sorted(by_partition.keys() | spans.keys()):
+            believed = self.positions.next_offset(*tp)
             records = by_partition.get(tp, [])
             span = spans.get(tp)
             if not records:
@@ -155,8 +199,9 @@ class MeteringPipeline:
             resume_at = self._next(tp)
             if resume_at > resume_from:
                 extents[tp] = (resume_from, resume_at - 1)
+                read_from[tp] = believed
                 admitted.extend(new)
-        return admitted, extents
+        return admitted, extents, read_from
 
     def _next(self, tp: TP) -> int:
         offset = self.positions.next_offset(*tp)

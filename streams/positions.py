@@ -151,6 +151,10 @@ class Positions:
         broker confirmed it has no record for this reader before it."""
         self._next[(topic, partition)] = offset
 
+    def forget(self, topic: str, partition: int) -> None:
+        """Nothing of this partition is counted: it starts at the earliest offset again."""
+        self._next.pop((topic, partition), None)
+
     def reset(self, next_offsets: dict[tuple[str, int], int]) -> None:
         self._next = dict(next_offsets)
 

@@ -25,10 +25,11 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from store.ledger import Ledger
 
-__all__ = ["Halves", "SeenIdFilter", "id_halves", "load_from_store"]
+__all__ = ["Halves", "SeenIdFilter", "halves_of", "id_halves", "load_from_store"]
 
 _HASHES: Final = 3
 _U64 = np.uint64
@@ -106,13 +107,18 @@ def load_from_store(
         return seen
     for page in range(first, last + 1, flushes_per_page):
         table = ledger.committed_id_halves(page, page + flushes_per_page)
-        if table.num_rows == 0:
-            continue
-        halves = np.column_stack(
-            [
-                table.column("high").to_numpy().astype(_U64),
-                table.column("low").to_numpy().astype(_U64),
-            ]
-        )
-        seen.add(halves)
+        if table.num_rows:
+            seen.add(halves_of(table))
     return seen
+
+
+def halves_of(table: pa.Table) -> Halves:
+    """`Ledger.committed_id_halves` columns as the filter's (n, 2) array."""
+    if table.num_rows == 0:
+        return np.zeros((0, 2), dtype=_U64)
+    return np.column_stack(
+        [
+            table.column("high").to_numpy().astype(_U64),
+            table.column("low").to_numpy().astype(_U64),
+        ]
+    )

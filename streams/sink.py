@@ -1,5 +1,9 @@
 """The ClickHouse sink: one flush per batch, written as numbered steps.
 
+    0. take the writers' lock (`store.ledger.writers_lock`) and catch up with what other
+       writers committed: the last flush number and chain hash, their ids into the
+       dedupe filter; refuse the flush (`StaleFlushError`, nothing written) if the
+       ledger of one of its partitions is no longer where this writer read it from
     1. look up which event ids were already counted (committed flushes only); an
        in-memory filter of committed ids clears most of them, the store judges the rest
     2. stage the newly counted events and the rejections, tagged with the flush
@@ -8,8 +12,12 @@
        the sha256 of the flush's staged rows and ranges, chained to the previous flush's
        (`store.ledger.chain`; `metering verify` recomputes both from the store)
     5. fold the flush into every rollup (INSERT ... SELECT with a token per flush)
-    6. mark the flush applied
+    6. mark the flush applied, and let go of the lock
   and only then may the stream acknowledge the messages (Kafka offsets trail the ledger).
+With several writers the lock makes steps 1 to 6 of one flush run alone, so flush
+numbers and the chain stay one order, the lookup sees every committed flush, and
+staged rows without a ledger row belong to the holder (or to a holder that died: the
+next one recovers the store first). A single writer takes the same lock uncontended.
 
 Where the process dies decides only which recovery rule applies on restart:
   - before step 4: the flush never happened; its staged rows are orphans and are
@@ -43,24 +51,31 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.errors import ServiceError
-from store.ledger import COUNTED_EVENT_COLUMNS, Ledger
+from store.ledger import COUNTED_EVENT_COLUMNS, Ledger, Positions
 from store.ledger.chain import (
     ChainedRange,
     ChainedRejection,
     chain_sha256,
     content_lines,
 )
+from store.ledger.writers_lock import WritersLock
 from streams.batch import ClassifiedBatch, PartitionRange, RejectedMessage, ValidMessage
 from streams.content_digest import counted_event_lines
 from streams.dead_letter import DeadLetterPublisher, dead_letter_for
 from streams.faults import FaultPlan
 from streams.metrics import Metrics
-from streams.seen_ids import Halves, SeenIdFilter
+from streams.seen_ids import Halves, SeenIdFilter, halves_of
 from streams.staged_columns import UTC_MILLISECONDS, counted_event_arrays
 from streams.store_failures import Failure, classify_publish_error, classify_store_error
 from streams.valid_events import ValidEvents
 
-__all__ = ["ClickHouseSink", "DeadLetterFailureError", "FlushResult", "StoreFailureError"]
+__all__ = [
+    "ClickHouseSink",
+    "DeadLetterFailureError",
+    "FlushResult",
+    "StaleFlushError",
+    "StoreFailureError",
+]
 
 log = logging.getLogger("govmeter.sink")
 
@@ -75,6 +90,18 @@ class StoreFailureError(ServiceError):
 
 class DeadLetterFailureError(ServiceError):
     """Dead letters could not be published in a way retrying does not fix."""
+
+
+class StaleFlushError(Exception):
+    """Another writer counted in a partition of this flush since it was read: the flush
+    wrote nothing; read its partitions again from `ledger` (where the ledger resumes
+    each partition now; a partition missing from it was never counted)."""
+
+    def __init__(self, stale: Sequence[tuple[str, int]], ledger: Positions) -> None:
+        self.stale = list(stale)
+        self.ledger = dict(ledger)
+        where = ", ".join(f"{topic}[{partition}]" for topic, partition in self.stale)
+        super().__init__(f"the ledger moved in {where} since this writer read it")
 
 
 @dataclass(frozen=True)
@@ -124,8 +151,10 @@ class ClickHouseSink:
         faults: FaultPlan | None = None,
         metrics: Metrics | None = None,
         seen_ids: SeenIdFilter | None = None,
+        lock: WritersLock | None = None,
     ) -> None:
         self._ledger = ledger
+        self._lock = lock
         self._dead_letters = dead_letters
         self._next_seq = next_flush_seq
         self._worker = worker
@@ -140,6 +169,9 @@ class ClickHouseSink:
         self._flushes_started = 0
         # Ids of committed flushes; None looks every id up in the store.
         self._seen_ids = seen_ids
+        # The last flush whose ids the filter holds (the filter was loaded up to the
+        # last committed flush before this one); later flushes are other writers'.
+        self._known_seq = next_flush_seq - 1
         # The chain hash of the last committed flush; read from the ledger at the first
         # flush (after recovery), then carried from commit to commit.
         self._chain_head: str | None = None
@@ -152,15 +184,48 @@ class ClickHouseSink:
     def ledger(self) -> Ledger:
         return self._ledger
 
-    async def run_on_store(self, call: Callable[[], T]) -> T:
-        """Run a store call on the sink's thread (serialised with flushes)."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+    async def run_on_store(self, call: Callable[[], T], *, locked: bool = True) -> T:
+        """Run a store call on the sink's thread (serialised with flushes), holding the
+        writers' lock unless `locked` is False (a read that may see another writer
+        midway, like the idle check's positions)."""
+        lock = self._lock
+        if lock is None or not locked:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+        def holding() -> T:
+            with lock.holding():
+                return call()
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, holding)
 
     async def flush(self, batch: ClassifiedBatch) -> FlushResult:
-        seq = self._next_seq
-        self._next_seq += 1
+        """Flush one batch (steps 0 to 6); `StaleFlushError` if step 0 refuses it."""
         self._flushes_started += 1
         self._faults.flush_started(self._flushes_started)
+        lock = self._lock
+        if lock is not None:
+            await self._store("take the writers' lock", lock.acquire)
+        clean = False
+        try:
+            result = await self._flush_holding_lock(batch)
+            clean = True
+            return result
+        except StaleFlushError:
+            clean = True  # nothing was written
+            self._metrics.flushes_refused.inc()
+            raise
+        finally:
+            if lock is not None:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._thread, lambda: lock.release(clean=clean)
+                )
+
+    async def _flush_holding_lock(self, batch: ClassifiedBatch) -> FlushResult:
+        # 0. What other writers committed since this one last looked; refuse the flush
+        #    if one of them counted in a partition of this batch.
+        await self._store("catch up with the ledger", lambda: self._catch_up(batch))
+        seq = self._next_seq
+        self._next_seq += 1
         now = datetime.now(UTC)
         token = f"flush-{seq}-{self._run_id}"
         clock = asyncio.get_running_loop().time
@@ -209,7 +274,7 @@ class ClickHouseSink:
 
         # 4. COMMIT POINT: the ledger rows of every partition, in one insert, each with
         #    the content hash of exactly the rows staged in step 2 and the ranges, and
-        #    that hash chained to the last committed flush's (read once after recovery).
+        #    that hash chained to the last committed flush's (read in step 0).
         if self._chain_head is None:
             self._chain_head = await self._store("read chain head", self._ledger.chain_head)
         ranges = lookup.ranges(batch)
@@ -237,6 +302,7 @@ class ClickHouseSink:
             "commit flush", lambda: self._ledger.commit(ledger_rows, f"{token}-ledger")
         )
         self._chain_head = chain
+        self._known_seq = seq
         if self._seen_ids is not None:
             self._seen_ids.add(lookup.new_halves)
         self._faults.maybe_crash("after_commit", seq)
@@ -277,6 +343,34 @@ class ClickHouseSink:
         return result
 
     # -- store access -------------------------------------------------------
+
+    def _catch_up(self, batch: ClassifiedBatch) -> None:
+        """Step 0 on the store thread, holding the lock: number this flush after the last
+        committed one, chain it to that one, put other writers' ids into the filter,
+        and check that every partition's ledger is where the batch was read from."""
+        last, head = self._ledger.head()
+        if last >= self._next_seq:  # other writers committed since this one's last flush
+            if self._seen_ids is not None and last > self._known_seq:
+                self._seen_ids.add(
+                    halves_of(self._ledger.committed_id_halves(self._known_seq + 1, last + 1))
+                )
+            self._next_seq = last + 1
+        self._known_seq = max(self._known_seq, last)
+        self._chain_head = head
+        if not batch.read_from:
+            return
+        ledger = self._ledger.resume_positions()
+        stale = [tp for tp, read_from in batch.read_from.items() if ledger.get(tp) != read_from]
+        if stale:
+            log.warning(
+                "flush refused: another writer counted in its partitions since they were read",
+                extra={
+                    "partitions": [f"{topic}[{partition}]" for topic, partition in stale],
+                    "read_from": [batch.read_from[tp] for tp in stale],
+                    "ledger_resumes_at": [ledger.get(tp) for tp in stale],
+                },
+            )
+            raise StaleFlushError(stale, ledger)
 
     def _look_up(self, batch: ClassifiedBatch) -> _Lookup:
         """Step 1 on the store thread: ask the store about the ids the filter cannot
@@ -331,7 +425,7 @@ class ClickHouseSink:
         while True:
             try:
                 return await attempt()
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, StaleFlushError):
                 raise
             except Exception as error:
                 failures += 1

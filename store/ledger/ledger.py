@@ -37,6 +37,13 @@ class Ledger:
     def max_committed_seq(self) -> int:
         return int(self.client.query(sql.MAX_COMMITTED_SEQ).result_rows[0][0] or 0)
 
+    def head(self) -> tuple[int, str]:
+        """(the last committed flush number, its chain hash): (0, '') before any flush."""
+        rows = self.client.query(sql.LEDGER_HEAD).result_rows
+        if not rows or not rows[0][0]:
+            return 0, ""
+        return int(rows[0][0]), str(rows[0][1] or "")
+
     def resume_positions(self) -> Positions:
         """Where each topic-partition resumes: after the last offset its flushes cover."""
         return {

@@ -13,6 +13,7 @@ __all__ = [
     "COUNTED_EVENT_COLUMNS",
     "FLUSH_RANGE",
     "LEDGER_COLUMNS",
+    "LEDGER_HEAD",
     "REJECTION_COLUMNS",
     "RESUME_POSITIONS",
     "UNAPPLIED_SEQS",
@@ -218,6 +219,12 @@ COUNTED_TOTALS: Final = f"""
 SELECT
     (SELECT sum(counted) FROM metering.flush_ledger) AS ledger_counted,
     (SELECT count() FROM metering.counted_events WHERE {COMMITTED_EVENTS}) AS counted_rows
+"""
+
+# The last committed flush and its chain hash, in one read (sink step 0).
+LEDGER_HEAD: Final = """
+SELECT flush_seq, chain_sha256 FROM metering.flush_ledger
+ORDER BY flush_seq DESC LIMIT 1
 """
 
 # The chain head: the chain hash of the last committed flush ('' before migration 0008).

@@ -1,0 +1,152 @@
+"""`metering worker --processes N`: N writer processes of one store, supervised.
+
+Each child is a whole `metering worker` (`--processes 1`) in the same consumer group:
+Kafka assigns each some partitions of the events topic, each reads, classifies and
+flushes its own, and they take turns at the ledger through the writers' lock
+(`store.ledger.writers_lock`). One interpreter per process, so classification, Arrow
+building and Kafka unpacking of different partitions run on different cores.
+
+The supervisor:
+  - names the children `<METERING_WORKER_NAME or host-pid>-<i>` (the ledger's `worker`
+    column) and, when METERING_HEALTH_PORT is set, gives child i the port plus i;
+  - forwards SIGTERM and SIGINT to every child and waits for them;
+  - starts a child again when a signal it did not send ended it (SIGKILL, the OOM
+    killer): its partitions went to the others meanwhile, and the new one resumes
+    from the ledger like any writer;
+  - stops the others and exits with a child's status when one exits with an error
+    (the child's message says what to do);
+  - with `--until-idle`, returns once every child has stopped idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Final
+
+from metering.settings import Settings, SettingsError
+
+__all__ = ["child_arguments", "run_worker_processes"]
+
+log = logging.getLogger("govmeter.worker_processes")
+
+_RESTART_DELAY: Final = 1.0
+_POLL: Final = 0.2
+_STOP_GRACE: Final = 60.0
+
+
+@dataclass
+class _Child:
+    index: int
+    name: str
+    process: subprocess.Popen[bytes]
+    restarts: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def child_arguments(argv: Sequence[str]) -> list[str]:
+    """The worker's own arguments with `--processes` set to 1 (its value dropped)."""
+    out: list[str] = []
+    skip = False
+    for argument in argv:
+        if skip:
+            skip = False
+            continue
+        if argument == "--processes":
+            skip = True
+            continue
+        if argument.startswith("--processes="):
+            continue
+        out.append(argument)
+    return [*out, "--processes", "1"]
+
+
+def run_worker_processes(settings: Settings, processes: int, argv: Sequence[str]) -> int:
+    """Run `processes` writers (`argv`: the `worker` command line after the program)
+    until they stop; the exit status is the first error a child reported, else 0."""
+    if settings.clickhouse_url.startswith("chdb://"):
+        raise SettingsError(
+            "invalid configuration:\n  --processes: CLICKHOUSE_URL "
+            f"{settings.clickhouse_url} is an embedded store, which one process opens at "
+            "a time; use --processes 1, or the local server (infra/clickhouse/start)"
+        )
+    base = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    arguments = [sys.executable, "-m", "metering.cli", *child_arguments(argv)]
+    stopping = False
+
+    def start(index: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "METERING_WORKER_NAME": f"{base}-{index}"}
+        if settings.health_port:
+            env["METERING_HEALTH_PORT"] = str(settings.health_port + index - 1)
+        return subprocess.Popen(arguments, env=env)
+
+    children = [_Child(i, f"{base}-{i}", start(i)) for i in range(1, processes + 1)]
+    log.info(
+        "writer processes started",
+        extra={"processes": processes, "workers": [c.name for c in children]},
+    )
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.process.poll() is None:
+                child.process.send_signal(signum)
+
+    previous = {
+        signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    status = 0
+    try:
+        running = list(children)
+        while running:
+            time.sleep(_POLL)
+            for child in list(running):
+                code = child.process.poll()
+                if code is None:
+                    continue
+                if code < 0 and not stopping:
+                    log.warning(
+                        "writer process ended by a signal; starting it again",
+                        extra={"worker": child.name, "signal": -code},
+                    )
+                    time.sleep(_RESTART_DELAY)
+                    child.process = start(child.index)
+                    child.restarts += 1
+                    child.started = time.monotonic()
+                    continue
+                running.remove(child)
+                if code > 0 and status == 0:
+                    status = code
+                    log.error(
+                        "writer process failed; stopping the others",
+                        extra={"worker": child.name, "exit_status": code},
+                    )
+                    stopping = True
+                    _terminate(running)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _terminate([c for c in children if c.process.poll() is None])
+    return status
+
+
+def _terminate(children: Sequence[_Child]) -> None:
+    for child in children:
+        if child.process.poll() is None:
+            child.process.terminate()
+    deadline = time.monotonic() + _STOP_GRACE
+    for child in children:
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
