@@ -349,13 +349,13 @@ class ClickHouseSink:
         committed one, chain it to that one, put other writers' ids into the filter,
         and check that every partition's ledger is where the batch was read from."""
         last, head = self._ledger.head()
-        if last >= self._next_seq:  # other writers committed since this one's last flush
-            if self._seen_ids is not None and last > self._known_seq:
+        if last > self._known_seq:  # other writers committed since this one last looked
+            if self._seen_ids is not None:
                 self._seen_ids.add(
                     halves_of(self._ledger.committed_id_halves(self._known_seq + 1, last + 1))
                 )
-            self._next_seq = last + 1
-        self._known_seq = max(self._known_seq, last)
+            self._known_seq = last
+        self._next_seq = max(self._next_seq, last + 1)
         self._chain_head = head
         if not batch.read_from:
             return

@@ -6,8 +6,10 @@
        deduplication tokens make a repeat harmless);
     4. each topic-partition resumes after the last offset in the ledger.
 
-Runs before the worker consumes anything. It assumes this process is the only
-writer to the store (README, "Known limits").
+Runs before the worker consumes anything, holding the writers' lock
+(`store.ledger.writers_lock`): no other writer is between staging and commit then, so
+the rows after the last committed flush are orphans of a writer that died. The lock's
+next holder runs it again whenever its previous holder died holding it.
 """
 
 from __future__ import annotations
