@@ -108,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--corpus-dir", type=Path, default=_REPO / "var" / "bench-month")
     p.add_argument("--idle", type=float, default=3.0, help="the worker's --until-idle seconds")
+    p.add_argument(
+        "--processes",
+        default=os.environ.get("METERING_WORKER_PROCESSES", "1"),
+        help="the worker's writer processes (METERING_WORKER_PROCESSES; 'auto': one per core)",
+    )
     p.add_argument("--timeout", type=float, help="seconds per step (default: from --messages)")
     p.add_argument("--work-dir", type=Path, help="stores and logs (default: a temp directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory and topics")
@@ -144,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return BenchRun(
             bootstrap=args.bootstrap, topic=topic, partitions=args.partitions, work=own,
             repo=_REPO, reference=reference, idle_seconds=args.idle, timeout=timeout,
-            flushed_messages=expected.lines, **options,  # type: ignore[arg-type]
+            flushed_messages=expected.lines,
+            worker_env={"METERING_WORKER_PROCESSES": str(args.processes)},
+            **options,  # type: ignore[arg-type]
         )  # fmt: skip
 
     replay_topic, both_topic = f"{run_id}-replay", f"{run_id}-both"

@@ -1,9 +1,10 @@
 """Run one contender process: follow its JSON log lines live, sample its CPU time at each
 line, and collect its resource usage when it exits.
 
-CPU time at a line comes from /proc/PID/stat (all threads, 10 ms ticks) and resident memory
-from /proc/PID/statm, both read when the line arrives; the totals and the peak RSS come from
-`os.wait4` (the child's own rusage).
+CPU time at a line comes from /proc/PID/stat (all threads, 10 ms ticks, summed over the
+process and its descendants: a `--processes N` worker's writers) and resident memory from
+/proc/PID/statm (its largest process), both read when the line arrives; the totals and
+the peak RSS come from `os.wait4` (the child's own rusage, with its reaped children's).
 """
 
 from __future__ import annotations
@@ -67,23 +68,53 @@ class RunRecord:
         return why + (": " + " | ".join(t.strip()[:160] for t in tail) if tail else "")
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (a `--processes N` worker's writers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+            except (OSError, ValueError):
+                continue
+    return found
+
+
 def _cpu_of(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = stat.rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    """User + system seconds of `pid`, its live descendants and the children it reaped."""
+    total = None
+    for index, member in enumerate(_tree(pid)):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(b")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+        if index == 0:
+            seconds += (int(fields[13]) + int(fields[14])) / _TICKS  # reaped children
+        total = seconds + (total or 0.0)
+    return total
 
 
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 4096 / 2**20
 
 
 def _rss_of(pid: int) -> float | None:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_bytes().split()[1]) * _PAGE_MB
-    except (OSError, IndexError, ValueError):
-        return None
+    """The resident memory of the largest process of `pid`'s tree (the limit is per
+    process)."""
+    sizes = []
+    for member in _tree(pid):
+        try:
+            sizes.append(int(Path(f"/proc/{member}/statm").read_bytes().split()[1]) * _PAGE_MB)
+        except (OSError, IndexError, ValueError):
+            continue
+    return max(sizes, default=None)
 
 
 def _machine_busy() -> float | None:

@@ -79,8 +79,28 @@ def worker_timeline(run: RunRecord) -> WorkerTimeline:
         elif msg.startswith("idle and fully flushed"):
             timeline.idle_reached = line.at
         elif msg == "worker stopped":
-            timeline.summary = dict(line.record)
+            # One line per writer process (`--processes N`): their counters add up.
+            timeline.summary = _merged(timeline.summary, dict(line.record))
     return timeline
+
+
+def _merged(total: dict[str, object], more: dict[str, object]) -> dict[str, object]:
+    """Two writers' summaries as one: numbers and per-reason counts added."""
+    if not total:
+        return more
+    merged = dict(total)
+    for key, value in more.items():
+        before = merged.get(key)
+        if isinstance(value, int) and isinstance(before, int):
+            merged[key] = before + value
+        elif isinstance(value, dict) and isinstance(before, dict):
+            counts = dict(before)
+            for name, count in value.items():
+                counts[name] = counts.get(name, 0) + count
+            merged[key] = counts
+        else:
+            merged.setdefault(key, value)
+    return merged
 
 
 def _s(seconds: float | None) -> str:

@@ -15,11 +15,13 @@ The supervisor:
     from the ledger like any writer;
   - stops the others and exits with a child's status when one exits with an error
     (the child's message says what to do);
-  - with `--until-idle`, returns once every child has stopped idle.
+  - with `--until-idle`, returns once every child has stopped idle;
+  - dies with its children: each is SIGKILLed by the kernel when the supervisor dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -41,6 +43,7 @@ log = logging.getLogger("govmeter.worker_processes")
 _RESTART_DELAY: Final = 1.0
 _POLL: Final = 0.2
 _STOP_GRACE: Final = 60.0
+_PR_SET_PDEATHSIG: Final = 1
 
 
 @dataclass
@@ -86,7 +89,7 @@ def run_worker_processes(settings: Settings, processes: int, argv: Sequence[str]
         env = {**os.environ, "METERING_WORKER_NAME": f"{base}-{index}"}
         if settings.health_port:
             env["METERING_HEALTH_PORT"] = str(settings.health_port + index - 1)
-        return subprocess.Popen(arguments, env=env)
+        return subprocess.Popen(arguments, env=env, preexec_fn=_die_with_parent)
 
     children = [_Child(i, f"{base}-{i}", start(i)) for i in range(1, processes + 1)]
     log.info(
@@ -137,6 +140,16 @@ def run_worker_processes(settings: Settings, processes: int, argv: Sequence[str]
             signal.signal(signum, handler)
         _terminate([c for c in children if c.process.poll() is None])
     return status
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the supervisor dies (even by SIGKILL), so
+    no writer outlives it unsupervised. Linux only; elsewhere nothing happens."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
 
 
 def _terminate(children: Sequence[_Child]) -> None:

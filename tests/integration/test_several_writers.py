@@ -17,6 +17,7 @@ writer only.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -503,3 +504,68 @@ def test_processes_flag_counts_exactly(kafka_env: dict[str, str], tmp_path: Path
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert_exact_and_tiled(run, corpus_expectation(1), writers_expected=3)
+
+
+# -- test 4: the supervisor restarts a killed writer and takes its writers with it ----
+
+
+def children_of(pid: int) -> set[int]:
+    """The live child processes of `pid`, from /proc."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def wait_for(what: str, check: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def test_supervisor_restarts_a_killed_writer_and_dies_with_its_writers(
+    kafka_env: dict[str, str], tmp_path: Path
+) -> None:
+    run = MeteringRun.fresh(kafka_env, tmp_path, partitions=PARTITIONS)
+    run.replay(*[CORPUS] * REPLAYS)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "metering.cli", "worker", "--processes", "2"],
+        env={**run.env, **RELAY_ENV, "METERING_WORKER_NAME": "supervised"},
+        cwd=run.workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    outputs = Outputs([supervisor])
+    try:
+        outputs.next_to_log("flush committed", [supervisor], timeout=120)
+        first = wait_for("two writers", lambda: (c := children_of(supervisor.pid)) and c, 30)
+        assert len(first) == 2, first
+        victim = min(first)
+        marks = outputs.marks()
+        os.kill(victim, signal.SIGKILL)
+        outputs.next_to_log("starting it again", [supervisor], timeout=30, since=marks)
+        again = wait_for(
+            "a new writer", lambda: (c := children_of(supervisor.pid)) - first and c, 30
+        )
+        assert len(again) == 2 and victim not in again, again
+        wait_until_flushed(run)
+        writers_now = children_of(supervisor.pid)
+        supervisor.send_signal(signal.SIGKILL)
+        assert supervisor.wait(timeout=30) == -signal.SIGKILL
+        # The kernel ends every writer with its supervisor (PR_SET_PDEATHSIG).
+        wait_for(
+            "writers ended with the supervisor",
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in writers_now),
+            30,
+        )
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait(timeout=30)
+        outputs.join()
+    assert_exact_and_tiled(run, corpus_expectation(REPLAYS), {"supervised-1", "supervised-2"})
