@@ -63,6 +63,10 @@ class StagedHandler(Protocol):
 
     async def flush(self, batch: ClassifiedBatch) -> object: ...
 
+    async def discard(self, batch: ClassifiedBatch) -> None:
+        """The batch will not be flushed: put its partitions back where the store
+        resumes them."""
+
 
 log = logging.getLogger("govmeter.intake")
 
@@ -120,6 +124,10 @@ class BatchIntake:
         # there or read it up to; a partition missing here has no known position.
         self._at: Offsets = {}
         self._assignments = 0  # bumped by every (re)assignment and revocation
+        # The flush under way, if any: a revocation waits for it, so the partitions' next
+        # owner reads a ledger that already holds it.
+        self._flushing: asyncio.Future[object] | None = None
+        self._revocations = 0
         # Where the store says each assigned partition resumes (None: nothing of it was
         # counted, so from the beginning); unset, the group's committed offsets apply.
         self.resume_offset: Callable[[str, int], int | None] | None = None
@@ -193,6 +201,7 @@ class BatchIntake:
         in_flight: tuple[asyncio.Task[object] | None, Offsets] | None = None
         try:
             while not stop.is_set():
+                revocations = self._revocations
                 read = await self._read_batch(consumer)
                 messages = read.messages
                 if not isinstance(self.handler, StagedHandler):
@@ -209,10 +218,18 @@ class BatchIntake:
                 in_flight = None
                 if stop.is_set():
                     break  # not flushed, not committed: read again after a restart
+                if batch is not None and self._revocations != revocations:
+                    # Partitions were revoked since this batch was read (the group
+                    # rebalances in the background, not only inside a read): its next
+                    # owner counts them. Not flushed; its partitions that are still ours
+                    # are read again from the ledger.
+                    await self._discard(self.handler, batch)
+                    batch = None
                 flushing = None
                 offsets: Offsets = {}
                 if batch is not None:
                     flushing = asyncio.ensure_future(self._flush(self.handler, batch))
+                    self._flushing = flushing
                     offsets = {
                         TopicPartition(r.topic, r.partition): r.last_offset + 1
                         for r in batch.ranges.values()
@@ -259,6 +276,11 @@ class BatchIntake:
                 deadline = loop.time() + policy.min_seconds
             if got >= wanted or deadline - loop.time() <= 0:
                 break
+        assigned = consumer.assignment()
+        for tp in [tp for tp in read.records if tp not in assigned]:
+            # Revoked during the read: its next owner counts these records.
+            del read.records[tp]
+            read.ends.pop(tp, None)
         if self._assignments != assignments:
             # Partitions were (re)assigned and positioned during the read: some records
             # may come from before that, so no span is known; the pipeline judges this
@@ -336,10 +358,16 @@ class BatchIntake:
                 },
             )
 
-    def revoked(self) -> None:
-        """Partitions were taken away: no position is known any more."""
+    async def revoked(self) -> None:
+        """Partitions are being taken away: let the flush under way finish first (its
+        ledger rows are then there when the next owner reads where they resume), then
+        forget every position."""
+        flushing = self._flushing
+        if flushing is not None and not flushing.done():
+            await asyncio.wait([flushing])
         self._at.clear()
         self._assignments += 1
+        self._revocations += 1
 
     def assigned(self) -> None:
         """Partitions were (re)assigned and positioned: what was read before is stale."""
@@ -353,6 +381,12 @@ class BatchIntake:
     ) -> ClassifiedBatch | None:
         try:
             return await handler.prepare(messages, spans)
+        except Exception as error:
+            self._fail(error)
+
+    async def _discard(self, handler: StagedHandler, batch: ClassifiedBatch) -> None:
+        try:
+            await handler.discard(batch)
         except Exception as error:
             self._fail(error)
 
@@ -411,7 +445,7 @@ class _ResumeFromStore(ConsumerRebalanceListener):  # type: ignore[misc]
         self._intake = intake
 
     async def on_partitions_revoked(self, revoked: object) -> None:
-        self._intake.revoked()
+        await self._intake.revoked()
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         if self._intake.on_assigned is not None:

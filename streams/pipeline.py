@@ -139,6 +139,11 @@ class MeteringPipeline:
         finally:
             self._working -= 1
 
+    async def discard(self, batch: ClassifiedBatch) -> None:
+        """A batch read before its partitions were revoked is not flushed: its
+        partitions resume where the ledger does (the intake's discard hook)."""
+        await self.reload_from_ledger(batch.ranges.keys())
+
     async def reload_from_ledger(
         self,
         partitions: Iterable[TP],
