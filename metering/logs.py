@@ -5,6 +5,10 @@ at the top level), `human` (time, level, logger, message, then key=value), or `a
 (the default: human on a terminal, JSON anywhere else). Log calls pass metadata in
 `extra`, never content. Human lines go through tqdm, so they print above a live
 progress bar instead of through it.
+
+`METERING_LOG_WRITER`, when set, is added to every line as `writer`: the supervisor of
+`metering worker --processes N` sets it to each writer's name, so their interleaved
+lines can be told apart.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tqdm import tqdm
 __all__ = ["HumanFormatter", "JsonFormatter", "configure_logging", "log_format"]
 
 LOG_FORMAT_ENV: Final = "METERING_LOG_FORMAT"
+LOG_WRITER_ENV: Final = "METERING_LOG_WRITER"
 
 _STANDARD: Final = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -30,11 +35,15 @@ _STANDARD: Final = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | 
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
-    return {
+    fields: dict[str, object] = {
         key: value
         for key, value in vars(record).items()
         if key not in _STANDARD and not key.startswith("_")
     }
+    writer = os.environ.get(LOG_WRITER_ENV)
+    if writer:
+        fields.setdefault("writer", writer)
+    return fields
 
 
 class JsonFormatter(logging.Formatter):

@@ -8,7 +8,8 @@ building and Kafka unpacking of different partitions run on different cores.
 
 The supervisor:
   - names the children `<METERING_WORKER_NAME or host-pid>-<i>` (the ledger's `worker`
-    column) and, when METERING_HEALTH_PORT is set, gives child i the port plus i;
+    column and every log line's `writer`) and, when METERING_HEALTH_PORT is set, gives
+    child i the port plus i;
   - forwards SIGTERM and SIGINT to every child and waits for them;
   - starts a child again when a signal it did not send ended it (SIGKILL, the OOM
     killer): its partitions went to the others meanwhile, and the new one resumes
@@ -86,7 +87,8 @@ def run_worker_processes(settings: Settings, processes: int, argv: Sequence[str]
     stopping = False
 
     def start(index: int) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "METERING_WORKER_NAME": f"{base}-{index}"}
+        name = f"{base}-{index}"
+        env = {**os.environ, "METERING_WORKER_NAME": name, "METERING_LOG_WRITER": name}
         if settings.health_port:
             env["METERING_HEALTH_PORT"] = str(settings.health_port + index - 1)
         return subprocess.Popen(arguments, env=env, preexec_fn=_die_with_parent)
