@@ -218,11 +218,15 @@ class BatchIntake:
                 in_flight = None
                 if stop.is_set():
                     break  # not flushed, not committed: read again after a restart
-                if batch is not None and self._revocations != revocations:
-                    # Partitions were revoked since this batch was read (the group
-                    # rebalances in the background, not only inside a read): its next
-                    # owner counts them. Not flushed; its partitions that are still ours
-                    # are read again from the ledger.
+                if (
+                    batch is not None
+                    and self._revocations != revocations
+                    and not self._still_owns(consumer, batch)
+                ):
+                    # Some of its partitions were revoked since this batch was read (the
+                    # group rebalances in the background, not only inside a read): their
+                    # next owner counts them. Not flushed; its partitions that are still
+                    # ours are read again from the ledger.
                     await self._discard(self.handler, batch)
                     batch = None
                 flushing = None
@@ -358,7 +362,14 @@ class BatchIntake:
                 },
             )
 
-    async def revoked(self) -> None:
+    @staticmethod
+    def _still_owns(consumer: AIOKafkaConsumer, batch: ClassifiedBatch) -> bool:
+        assigned = consumer.assignment()
+        return all(
+            TopicPartition(topic, partition) in assigned for topic, partition in batch.ranges
+        )
+
+    async def revoked(self, partitions: Sequence[TopicPartition] = ()) -> None:
         """Partitions are being taken away: let the flush under way finish first (its
         ledger rows are then there when the next owner reads where they resume), then
         forget every position."""
@@ -367,7 +378,8 @@ class BatchIntake:
             await asyncio.wait([flushing])
         self._at.clear()
         self._assignments += 1
-        self._revocations += 1
+        if partitions:  # the first join revokes nothing
+            self._revocations += 1
 
     def assigned(self) -> None:
         """Partitions were (re)assigned and positioned: what was read before is stale."""
@@ -444,8 +456,8 @@ class _ResumeFromStore(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, intake: BatchIntake) -> None:
         self._intake = intake
 
-    async def on_partitions_revoked(self, revoked: object) -> None:
-        await self._intake.revoked()
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._intake.revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         if self._intake.on_assigned is not None:
