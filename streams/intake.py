@@ -218,15 +218,11 @@ class BatchIntake:
                 in_flight = None
                 if stop.is_set():
                     break  # not flushed, not committed: read again after a restart
-                if (
-                    batch is not None
-                    and self._revocations != revocations
-                    and not self._still_owns(consumer, batch)
-                ):
-                    # Some of its partitions were revoked since this batch was read (the
-                    # group rebalances in the background, not only inside a read): their
-                    # next owner counts them. Not flushed; its partitions that are still
-                    # ours are read again from the ledger.
+                if batch is not None and self._revocations != revocations:
+                    # Partitions were taken away since this batch was read (the group
+                    # rebalances in the background, not only inside a read): it is not
+                    # flushed; its partitions that are still ours are read again from the
+                    # ledger, where the assignment just put their positions.
                     await self._discard(self.handler, batch)
                     batch = None
                 flushing = None
@@ -361,13 +357,6 @@ class BatchIntake:
                     "group_committed": committed,
                 },
             )
-
-    @staticmethod
-    def _still_owns(consumer: AIOKafkaConsumer, batch: ClassifiedBatch) -> bool:
-        assigned = consumer.assignment()
-        return all(
-            TopicPartition(topic, partition) in assigned for topic, partition in batch.ranges
-        )
 
     async def revoked(self, partitions: Sequence[TopicPartition] = ()) -> None:
         """Partitions are being taken away: let the flush under way finish first (its
