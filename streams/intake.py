@@ -358,13 +358,18 @@ class BatchIntake:
                 },
             )
 
+    async def flush_settled(self) -> None:
+        """Wait for the flush under way, if any, to commit or fail: until then the
+        ledger is behind what this writer already admitted."""
+        flushing = self._flushing
+        if flushing is not None and not flushing.done():
+            await asyncio.wait([flushing])
+
     async def revoked(self, partitions: Sequence[TopicPartition] = ()) -> None:
         """Partitions are being taken away: let the flush under way finish first (its
         ledger rows are then there when the next owner reads where they resume), then
         forget every position."""
-        flushing = self._flushing
-        if flushing is not None and not flushing.done():
-            await asyncio.wait([flushing])
+        await self.flush_settled()
         self._at.clear()
         self._assignments += 1
         if partitions:  # the first join revokes nothing
@@ -449,6 +454,10 @@ class _ResumeFromStore(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._intake.revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        # A flush may have started between the revocation and this assignment (the
+        # join and sync take round trips): the positions read from the ledger below
+        # must include it, or the next batch is refused and read twice.
+        await self._intake.flush_settled()
         if self._intake.on_assigned is not None:
             await self._intake.on_assigned([(tp.topic, tp.partition) for tp in assigned])
         await self._intake.seek_assigned(list(assigned))
