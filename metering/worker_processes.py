@@ -13,7 +13,10 @@ The supervisor:
   - forwards SIGTERM and SIGINT to every child and waits for them;
   - starts a child again when a signal it did not send ended it (SIGKILL, the OOM
     killer): its partitions went to the others meanwhile, and the new one resumes
-    from the ledger like any writer;
+    from the ledger like any writer. The wait before a restart doubles from 1 s to
+    at most 60 s while the child keeps dying within a minute of its start, and is
+    1 s again once one ran longer (`restart_delay`); a stop signal during the wait
+    cancels the restart;
   - stops the others and exits with a child's status when one exits with an error
     (the child's message says what to do);
   - with `--until-idle`, returns once every child has stopped idle;
@@ -37,11 +40,13 @@ from typing import Final
 
 from metering.settings import Settings, SettingsError
 
-__all__ = ["child_arguments", "run_worker_processes"]
+__all__ = ["child_arguments", "restart_delay", "run_worker_processes"]
 
 log = logging.getLogger("govmeter.worker_processes")
 
-_RESTART_DELAY: Final = 1.0
+_FIRST_RESTART_DELAY: Final = 1.0
+_LONGEST_RESTART_DELAY: Final = 60.0
+_STABLE_RUN: Final = 60.0  # a child that ran this long is restarted after the first delay
 _POLL: Final = 0.2
 _STOP_GRACE: Final = 60.0
 _PR_SET_PDEATHSIG: Final = 1
@@ -54,6 +59,17 @@ class _Child:
     process: subprocess.Popen[bytes]
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
+    delay: float = 0.0  # the wait before its last restart (0: never restarted)
+    restart_at: float | None = None  # a restart pending after a signal ended it
+
+
+def restart_delay(previous: float, ran_seconds: float) -> float:
+    """The wait before starting again a child that a signal ended after `ran_seconds`,
+    given the wait before its previous restart (0 for none): 1 s, doubling to at most
+    60 s while it keeps dying within a minute of its start."""
+    if previous <= 0 or ran_seconds >= _STABLE_RUN:
+        return _FIRST_RESTART_DELAY
+    return min(_LONGEST_RESTART_DELAY, previous * 2)
 
 
 def child_arguments(argv: Sequence[str]) -> list[str]:
@@ -73,9 +89,16 @@ def child_arguments(argv: Sequence[str]) -> list[str]:
     return [*out, "--processes", "1"]
 
 
-def run_worker_processes(settings: Settings, processes: int, argv: Sequence[str]) -> int:
+def run_worker_processes(
+    settings: Settings,
+    processes: int,
+    argv: Sequence[str],
+    *,
+    command: Sequence[str] | None = None,
+) -> int:
     """Run `processes` writers (`argv`: the `worker` command line after the program)
-    until they stop; the exit status is the first error a child reported, else 0."""
+    until they stop; the exit status is the first error a child reported, else 0.
+    `command` replaces the writers' whole command line (tests of the supervision)."""
     if settings.clickhouse_url.startswith("chdb://"):
         raise SettingsError(
             "invalid configuration:\n  --processes: CLICKHOUSE_URL "
@@ -83,7 +106,11 @@ def run_worker_processes(settings: Settings, processes: int, argv: Sequence[str]
             "a time; use --processes 1, or the local server (infra/clickhouse/start)"
         )
     base = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    arguments = [sys.executable, "-m", "metering.cli", *child_arguments(argv)]
+    arguments = (
+        list(command)
+        if command is not None
+        else [sys.executable, "-m", "metering.cli", *child_arguments(argv)]
+    )
     stopping = False
 
     def start(index: int) -> subprocess.Popen[bytes]:
@@ -115,18 +142,31 @@ def run_worker_processes(settings: Settings, processes: int, argv: Sequence[str]
         while running:
             time.sleep(_POLL)
             for child in list(running):
+                if child.restart_at is not None:
+                    if stopping:
+                        child.restart_at = None  # stopped while it waited: not started
+                        running.remove(child)
+                    elif time.monotonic() >= child.restart_at:
+                        child.restart_at = None
+                        child.process = start(child.index)
+                        child.restarts += 1
+                        child.started = time.monotonic()
+                    continue
                 code = child.process.poll()
                 if code is None:
                     continue
                 if code < 0 and not stopping:
+                    child.delay = restart_delay(child.delay, time.monotonic() - child.started)
+                    child.restart_at = time.monotonic() + child.delay
                     log.warning(
                         "writer process ended by a signal; starting it again",
-                        extra={"worker": child.name, "signal": -code},
+                        extra={
+                            "worker": child.name,
+                            "signal": -code,
+                            "restart_in_s": child.delay,
+                            "restarts": child.restarts,
+                        },
                     )
-                    time.sleep(_RESTART_DELAY)
-                    child.process = start(child.index)
-                    child.restarts += 1
-                    child.started = time.monotonic()
                     continue
                 running.remove(child)
                 if code > 0 and status == 0:
