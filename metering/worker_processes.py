@@ -9,7 +9,8 @@ building and Kafka unpacking of different partitions run on different cores.
 The supervisor:
   - names the children `<METERING_WORKER_NAME or host-pid>-<i>` (the ledger's `worker`
     column and every log line's `writer`) and, when METERING_HEALTH_PORT is set, gives
-    child i the port plus i;
+    child i the port plus i and serves the port itself: /healthz of all the writers,
+    /metrics of each with a `writer` label (`metering.writers_health`);
   - forwards SIGTERM and SIGINT to every child and waits for them;
   - starts a child again when a signal it did not send ended it (SIGKILL, the OOM
     killer): its partitions went to the others meanwhile, and the new one resumes
@@ -39,6 +40,7 @@ from types import FrameType
 from typing import Final
 
 from metering.settings import Settings, SettingsError
+from metering.writers_health import Writer, WritersHealthServer
 
 __all__ = ["child_arguments", "restart_delay", "run_worker_processes"]
 
@@ -105,6 +107,12 @@ def run_worker_processes(
             f"{settings.clickhouse_url} is an embedded store, which one process opens at "
             "a time; use --processes 1, or the local server (infra/clickhouse/start)"
         )
+    if settings.health_port and settings.health_port + processes > 65535:
+        raise SettingsError(
+            "invalid configuration:\n  METERING_HEALTH_PORT: writer i of --processes "
+            f"{processes} serves port {settings.health_port} plus i, past 65535; set a "
+            "lower port, or 0 to serve none"
+        )
     base = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     arguments = (
         list(command)
@@ -117,7 +125,7 @@ def run_worker_processes(
         name = f"{base}-{index}"
         env = {**os.environ, "METERING_WORKER_NAME": name, "METERING_LOG_WRITER": name}
         if settings.health_port:
-            env["METERING_HEALTH_PORT"] = str(settings.health_port + index - 1)
+            env["METERING_HEALTH_PORT"] = str(settings.health_port + index)
         return subprocess.Popen(arguments, env=env, preexec_fn=_die_with_parent)
 
     children = [_Child(i, f"{base}-{i}", start(i)) for i in range(1, processes + 1)]
@@ -125,6 +133,7 @@ def run_worker_processes(
         "writer processes started",
         extra={"processes": processes, "workers": [c.name for c in children]},
     )
+    health = _serve_writers_health(settings, children)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -181,7 +190,41 @@ def run_worker_processes(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _terminate([c for c in children if c.process.poll() is None])
+        if health is not None:
+            health.stop()
     return status
+
+
+def _serve_writers_health(
+    settings: Settings, children: Sequence[_Child]
+) -> WritersHealthServer | None:
+    """The supervisor's own /healthz and /metrics on METERING_HEALTH_PORT (0: none). A
+    busy port is logged, not fatal, as for a single worker."""
+    if not settings.health_port:
+        return None
+    host = settings.health_host
+    # Writers bound to every interface are asked on the loopback one.
+    everywhere = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # noqa: S104
+    ask = everywhere.get(host, host)
+    ask = f"[{ask}]" if ":" in ask else ask
+    writers = [
+        Writer(child.name, f"http://{ask}:{settings.health_port + child.index}")
+        for child in children
+    ]
+    try:
+        server = WritersHealthServer(host, settings.health_port, writers)
+    except OSError as error:
+        log.warning(
+            "health endpoint not started",
+            extra={"port": settings.health_port, "error_message": str(error)},
+        )
+        return None
+    server.start()
+    log.info(
+        "health endpoint listening",
+        extra={"host": host, "port": settings.health_port, "writers": len(writers)},
+    )
+    return server
 
 
 def _die_with_parent() -> None:
