@@ -128,6 +128,8 @@ class BatchIntake:
         # owner reads a ledger that already holds it.
         self._flushing: asyncio.Future[object] | None = None
         self._revocations = 0
+        # The partitions of the last assignment, until a revocation takes them away.
+        self._held: set[TopicPartition] = set()
         # Where the store says each assigned partition resumes (None: nothing of it was
         # counted, so from the beginning); unset, the group's committed offsets apply.
         self.resume_offset: Callable[[str, int], int | None] | None = None
@@ -372,8 +374,19 @@ class BatchIntake:
         await self.flush_settled()
         self._at.clear()
         self._assignments += 1
-        if partitions:  # the first join revokes nothing
+        # The first join revokes nothing. A revocation may also name nothing while
+        # partitions were held (the client lost its assignment with its membership):
+        # that takes them away all the same.
+        if partitions or self._held:
             self._revocations += 1
+        self._held = set()
+
+    def assigning(self, assigned: Sequence[TopicPartition]) -> None:
+        """An assignment arrives: one that replaces partitions still held, without a
+        revocation first, takes them away too (what was read of them is stale)."""
+        if self._held:
+            self._revocations += 1
+        self._held = set(assigned)
 
     def assigned(self) -> None:
         """Partitions were (re)assigned and positioned: what was read before is stale."""
@@ -458,6 +471,7 @@ class _ResumeFromStore(ConsumerRebalanceListener):  # type: ignore[misc]
         # join and sync take round trips): the positions read from the ledger below
         # must include it, or the next batch is refused and read twice.
         await self._intake.flush_settled()
+        self._intake.assigning(assigned)
         if self._intake.on_assigned is not None:
             await self._intake.on_assigned([(tp.topic, tp.partition) for tp in assigned])
         await self._intake.seek_assigned(list(assigned))

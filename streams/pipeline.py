@@ -134,6 +134,12 @@ class MeteringPipeline:
             except StaleFlushError as refused:
                 await self.reload_from_ledger(batch.ranges.keys(), refused.ledger)
                 return None
+            # The ledger now resumes each partition after this flush. An assignment can
+            # reload positions from a ledger read before this commit (its hook runs on
+            # the consumer's rebalance, beside this flush): they must not stay behind
+            # it, or the next batch is refused and read again.
+            for (topic, partition), counted in batch.ranges.items():
+                self.positions.committed_up_to(topic, partition, counted.last_offset + 1)
             self.last_activity = time.monotonic()
             return result
         finally:

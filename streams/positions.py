@@ -151,6 +151,14 @@ class Positions:
         broker confirmed it has no record for this reader before it."""
         self._next[(topic, partition)] = offset
 
+    def committed_up_to(self, topic: str, partition: int, offset: int) -> None:
+        """A flush of this writer just committed the partition up to `offset` (its next
+        offset): the partition resumes there at the earliest. A reload from the ledger
+        read before that commit put it behind; an admitted later batch keeps it ahead."""
+        current = self._next.get((topic, partition))
+        if current is None or current < offset:
+            self._next[(topic, partition)] = offset
+
     def forget(self, topic: str, partition: int) -> None:
         """Nothing of this partition is counted: it starts at the earliest offset again."""
         self._next.pop((topic, partition), None)

@@ -79,3 +79,25 @@ def test_no_flush_under_way_means_no_wait() -> None:
         await asyncio.wait_for(intake.flush_settled(), timeout=0.5)
 
     asyncio.run(scenario())
+
+
+def test_losing_held_partitions_counts_as_a_revocation_however_the_client_says_it() -> None:
+    async def scenario() -> list[int]:
+        intake = _intake()
+        listener = _ResumeFromStore(intake)
+        counts = []
+        await listener.on_partitions_revoked([])  # the first join
+        await listener.on_partitions_assigned([TopicPartition("usage.events", 0)])
+        counts.append(intake._revocations)
+        await listener.on_partitions_revoked([])  # membership lost: names nothing
+        await listener.on_partitions_assigned([TopicPartition("usage.events", 0)])
+        counts.append(intake._revocations)
+        # An assignment replacing held partitions with no revocation before it.
+        await listener.on_partitions_assigned([TopicPartition("usage.events", 1)])
+        counts.append(intake._revocations)
+        await listener.on_partitions_revoked([TopicPartition("usage.events", 1)])
+        await listener.on_partitions_assigned([TopicPartition("usage.events", 1)])
+        counts.append(intake._revocations)
+        return counts
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3]
