@@ -24,7 +24,7 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from streams.metrics import Counter, Metrics
+from streams.metrics import Counter, Metrics, prometheus_label
 
 __all__ = [
     "DEFAULT_HOST",
@@ -112,7 +112,8 @@ def render_lag(lag: dict[tuple[str, int], int]) -> str:
     lines = ["# TYPE govmeter_consumer_lag gauge"]
     for (topic, partition), value in sorted(lag.items()):
         lines.append(
-            f'govmeter_consumer_lag{{topic="{_label(topic)}",partition="{partition}"}} {value}'
+            f'govmeter_consumer_lag{{topic="{prometheus_label(topic)}",'
+            f'partition="{partition}"}} {value}'
         )
     return "\n".join(lines) + "\n"
 
@@ -128,10 +129,6 @@ async def _lag_text(lag: LagProbe) -> str:
         render_lag(values)
         + "# TYPE govmeter_consumer_lag_available gauge\ngovmeter_consumer_lag_available 1\n"
     )
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _json(body: dict[str, object], status: int) -> web.Response:

@@ -11,18 +11,18 @@ serves METERING_HEALTH_PORT itself, so whatever watched a single worker keeps wo
     query: `sum(govmeter_events_counted_total)`), each family once with its TYPE line,
     and `govmeter_writer_up{writer=...}` 1 or 0.
 
-Served from a thread of the supervisor; each request asks the writers then and there
-(2 s each at most), so nothing is cached or stale.
+Served from a thread of the supervisor; each request asks all the writers at once,
+then and there (2 s at most), so nothing is cached or stale.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final
@@ -30,10 +30,9 @@ from typing import Final
 import orjson
 
 from metering.health import PROMETHEUS_CONTENT_TYPE
+from streams.metrics import prometheus_label
 
 __all__ = ["Writer", "WritersHealthServer", "writers_health", "writers_metrics"]
-
-log = logging.getLogger("govmeter.writers_health")
 
 ASK_TIMEOUT_SECONDS: Final = 2.0
 _SAMPLE: Final = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)\s*$")
@@ -88,10 +87,6 @@ def writers_health(answers: Sequence[tuple[str, Answer | None]]) -> tuple[int, d
     return 503, {"status": failing, "writers": writers}
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def _of_family(metric: str, family: str) -> bool:
     return metric == family or metric in (f"{family}_bucket", f"{family}_sum", f"{family}_count")
 
@@ -104,7 +99,7 @@ def writers_metrics(texts: Sequence[tuple[str, str | None]]) -> str:
     for name, text in texts:
         if text is None:
             continue
-        writer = f'writer="{_label(name)}"'
+        writer = f'writer="{prometheus_label(name)}"'
         family: str | None = None
         for line in text.splitlines():
             typed = _TYPE.match(line)
@@ -127,7 +122,9 @@ def writers_metrics(texts: Sequence[tuple[str, str | None]]) -> str:
         lines.extend(samples.get(family, []))
     lines.append("# TYPE govmeter_writer_up gauge")
     for name, text in texts:
-        lines.append(f'govmeter_writer_up{{writer="{_label(name)}"}} {0 if text is None else 1}')
+        lines.append(
+            f'govmeter_writer_up{{writer="{prometheus_label(name)}"}} {0 if text is None else 1}'
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -176,13 +173,20 @@ class WritersHealthServer:
         self._server.shutdown()
         self._server.server_close()
 
+    def _ask_all(self, path: str) -> list[tuple[str, Answer | None]]:
+        """Every writer's answer to `path`, asked at once: a probe waits for the slowest
+        writer, not for the sum of them."""
+        with ThreadPoolExecutor(max_workers=len(self._writers)) as pool:
+            answers = pool.map(_ask, [f"{w.base_url}{path}" for w in self._writers])
+            return list(zip([w.name for w in self._writers], answers, strict=True))
+
     def health(self) -> tuple[int, dict[str, object]]:
-        return writers_health([(w.name, _ask(f"{w.base_url}/healthz")) for w in self._writers])
+        return writers_health(self._ask_all("/healthz"))
 
     def metrics(self) -> str:
-        texts: list[tuple[str, str | None]] = []
-        for writer in self._writers:
-            answer = _ask(f"{writer.base_url}/metrics")
-            ok = answer is not None and answer.status == 200
-            texts.append((writer.name, answer.body.decode("utf-8") if ok and answer else None))
-        return writers_metrics(texts)
+        return writers_metrics(
+            [
+                (name, answer.body.decode("utf-8") if answer and answer.status == 200 else None)
+                for name, answer in self._ask_all("/metrics")
+            ]
+        )

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from streams.sink import FlushResult
     from streams.store_failures import Failure
 
-__all__ = ["Counter", "FailureRecord", "Metrics"]
+__all__ = ["Counter", "FailureRecord", "Metrics", "prometheus_label"]
 
 
 class Counter:
@@ -148,7 +148,9 @@ class Metrics:
             "# TYPE govmeter_events_rejected_total counter",
         ]
         for reason, count in sorted(self.rejected_by_reason.items()):
-            lines.append(f'govmeter_events_rejected_total{{reason="{_label(reason)}"}} {count}')
+            lines.append(
+                f'govmeter_events_rejected_total{{reason="{prometheus_label(reason)}"}} {count}'
+            )
         store, letters = self.store_failures, self.dead_letter_failures
         lines += [
             "# TYPE govmeter_flushes_total counter",
@@ -166,11 +168,13 @@ class Metrics:
             "# TYPE govmeter_packages_rejected_total counter",
         ]
         for reason, count in sorted(self.packages_rejected.items()):
-            lines.append(f'govmeter_packages_rejected_total{{reason="{_label(reason)}"}} {count}')
+            lines.append(
+                f'govmeter_packages_rejected_total{{reason="{prometheus_label(reason)}"}} {count}'
+            )
         lines.append("# TYPE govmeter_offsets_expired_total counter")
         for (topic, partition), count in self.expired_offsets().items():
             lines.append(
-                f'govmeter_offsets_expired_total{{topic="{_label(topic)}",'
+                f'govmeter_offsets_expired_total{{topic="{prometheus_label(topic)}",'
                 f'partition="{partition}"}} {count}'
             )
         lines += [
@@ -184,9 +188,10 @@ def _by_cause(name: str, record: FailureRecord) -> list[str]:
     lines = [f"# TYPE {name} counter"]
     for (cause, transient), count in sorted(record.by_cause.items()):
         flag = "true" if transient else "false"
-        lines.append(f'{name}{{cause="{_label(cause)}",transient="{flag}"}} {count}')
+        lines.append(f'{name}{{cause="{prometheus_label(cause)}",transient="{flag}"}} {count}')
     return lines
 
 
-def _label(value: str) -> str:
+def prometheus_label(value: str) -> str:
+    """A label value escaped for the Prometheus text format."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
