@@ -112,6 +112,18 @@ class _Read:
         return any(span.end > span.start for span in self.spans.values())
 
 
+def _fits(span: Span, records: Sequence[Any]) -> bool:
+    """Can these records, in order, come from one read from `span.start` to `span.end`?"""
+    if span.end < span.start:
+        return False
+    previous = span.start - 1
+    for record in records:
+        if not previous < record.offset < span.end:
+            return False
+        previous = record.offset
+    return True
+
+
 class BatchIntake:
     def __init__(self, options: StreamOptions, topic: str, group: str) -> None:
         self._options = options
@@ -123,7 +135,8 @@ class BatchIntake:
         # Where the consumer stands in each partition, as far as this intake put it
         # there or read it up to; a partition missing here has no known position.
         self._at: Offsets = {}
-        self._assignments = 0  # bumped by every (re)assignment and revocation
+        self._assignments = 0  # bumped by every (re)assignment, revocation and seek
+        self._positioning = False  # an assignment is seeking its partitions
         # The flush under way, if any: a revocation waits for it, so the partitions' next
         # owner reads a ledger that already holds it.
         self._flushing: asyncio.Future[object] | None = None
@@ -268,7 +281,7 @@ class BatchIntake:
             for tp, batch in more.items():
                 read.records.setdefault(tp, []).extend(batch)
                 got += len(batch)
-            read.ends = await self._positions(consumer)
+            read.ends = await self._settled_positions(consumer)
             for tp, end in read.ends.items():
                 if tp in self._at:
                     self._at[tp] = end
@@ -288,12 +301,36 @@ class BatchIntake:
             # may come from before that, so no span is known; the pipeline judges this
             # batch record by record. The next batch starts where this one left off.
             return read
-        read.spans = {
-            (tp.topic, tp.partition): Span(start, read.ends[tp])
-            for tp, start in starts.items()
-            if tp in read.ends and tp in self._at
-        }
+        for tp, start in starts.items():
+            if tp not in read.ends or tp not in self._at:
+                continue
+            span = Span(start, read.ends[tp])
+            if not _fits(span, read.records.get(tp, ())):
+                # The consumer did not stand where this intake thought: judged record
+                # by record (always safe), and the next read starts where it stands.
+                log.warning(
+                    "partition position moved outside the intake; judging its records one by one",
+                    extra={
+                        "topic": tp.topic,
+                        "partition": tp.partition,
+                        "expected_start": span.start,
+                        "end": span.end,
+                    },
+                )
+                continue
+            read.spans[(tp.topic, tp.partition)] = span
         return read
+
+    async def _settled_positions(self, consumer: AIOKafkaConsumer) -> Offsets:
+        """Every assigned partition's position, all taken while no (re)assignment,
+        revocation or seek ran: a position read before a rebalance's seek and written
+        to `_at` after it would start the next span where the consumer no longer is."""
+        while True:
+            before = self._assignments
+            positions = await self._positions(consumer)
+            if self._assignments == before and not self._positioning:
+                return positions
+            await asyncio.sleep(0.01)
 
     def _beyond_store(self, read: _Read) -> bool:
         """Does a partition stand beyond where the store resumes it, without having moved?
@@ -387,9 +424,12 @@ class BatchIntake:
         if self._held:
             self._revocations += 1
         self._held = set(assigned)
+        self._positioning = True
+        self._assignments += 1
 
     def assigned(self) -> None:
         """Partitions were (re)assigned and positioned: what was read before is stale."""
+        self._positioning = False
         self._assignments += 1
 
     async def _prepare(
@@ -472,10 +512,12 @@ class _ResumeFromStore(ConsumerRebalanceListener):  # type: ignore[misc]
         # must include it, or the next batch is refused and read twice.
         await self._intake.flush_settled()
         self._intake.assigning(assigned)
-        if self._intake.on_assigned is not None:
-            await self._intake.on_assigned([(tp.topic, tp.partition) for tp in assigned])
-        await self._intake.seek_assigned(list(assigned))
-        self._intake.assigned()
+        try:
+            if self._intake.on_assigned is not None:
+                await self._intake.on_assigned([(tp.topic, tp.partition) for tp in assigned])
+            await self._intake.seek_assigned(list(assigned))
+        finally:
+            self._intake.assigned()
 
 
 class CommittedReadProbe:
