@@ -17,13 +17,17 @@ writer only.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -527,14 +531,82 @@ def wait_for(what: str, check: Any, timeout: float = 30) -> Any:
     raise AssertionError(f"{what}: not within {timeout}s")
 
 
+def free_ports(count: int) -> int:
+    """A port such that it and the `count - 1` after it are free (a supervisor serves
+    the first, writer i the first plus i)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + count > 65535:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """Status and body; a refused connection is status 0."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=10) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def supervisor_health(port: int) -> tuple[int, dict[str, Any]]:
+    status, body = http_get(f"http://127.0.0.1:{port}/healthz")
+    return status, (json.loads(body) if body else {})
+
+
+WRITER_NAMES = {"supervised-1", "supervised-2"}
+
+
+def all_writers_healthy(port: int) -> bool:
+    status, body = supervisor_health(port)
+    writers = body.get("writers", {})
+    return (
+        status == 200
+        and body.get("status") == "ok"
+        and set(writers) == WRITER_NAMES
+        and all(state.get("status") == "ok" for state in writers.values())
+    )
+
+
+def writers_up(port: int) -> set[str]:
+    status, text = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200, (status, text[-500:])
+    return {
+        line.split('"')[1]
+        for line in text.splitlines()
+        if line.startswith("govmeter_writer_up{") and line.endswith(" 1")
+    }
+
+
 def test_supervisor_restarts_a_killed_writer_and_dies_with_its_writers(
     kafka_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """Also the supervisor's health endpoint over real writers: ok with both up, 503
+    naming the killed one until its successor answers, ok again after."""
     run = MeteringRun.fresh(kafka_env, tmp_path, partitions=PARTITIONS)
     run.replay(*[CORPUS] * REPLAYS)
+    port = free_ports(3)
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "metering.cli", "worker", "--processes", "2"],
-        env={**run.env, **RELAY_ENV, "METERING_WORKER_NAME": "supervised"},
+        env={
+            **run.env,
+            **RELAY_ENV,
+            "METERING_WORKER_NAME": "supervised",
+            "METERING_HEALTH_PORT": str(port),
+        },
         cwd=run.workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -545,14 +617,32 @@ def test_supervisor_restarts_a_killed_writer_and_dies_with_its_writers(
         outputs.next_to_log("flush committed", [supervisor], timeout=120)
         first = wait_for("two writers", lambda: (c := children_of(supervisor.pid)) and c, 30)
         assert len(first) == 2, first
+        wait_for("both writers healthy", lambda: all_writers_healthy(port), 60)
+        assert writers_up(port) == WRITER_NAMES
         victim = min(first)
         marks = outputs.marks()
         os.kill(victim, signal.SIGKILL)
+        # The supervisor waits a second before it starts the writer again, and the new
+        # one needs its imports before it answers: the endpoint says so meanwhile.
+        status, body = wait_for(
+            "the endpoint failing",
+            lambda: (answer := supervisor_health(port))[0] != 200 and answer,
+            10,
+        )
+        unavailable = {
+            name
+            for name, state in body["writers"].items()
+            if state.get("status") == "writer_unavailable"
+        }
+        assert (status, body["status"], len(unavailable)) == (503, "writer_unavailable", 1), body
+        assert writers_up(port) == WRITER_NAMES - unavailable
         outputs.next_to_log("starting it again", [supervisor], timeout=30, since=marks)
         again = wait_for(
             "a new writer", lambda: (c := children_of(supervisor.pid)) - first and c, 30
         )
         assert len(again) == 2 and victim not in again, again
+        wait_for("both writers healthy again", lambda: all_writers_healthy(port), 60)
+        assert writers_up(port) == WRITER_NAMES
         wait_until_flushed(run)
         writers_now = children_of(supervisor.pid)
         supervisor.send_signal(signal.SIGKILL)
