@@ -6,8 +6,7 @@ classifier for what it cannot decide), then build what the flush writes (the sta
 Arrow table, `counted_events_table`, and the content hash, `flush_content_sha256`). The
 third row, both steps, is the one to compare across versions: `classify_batch` now
 builds the valid events' columns and content lines ahead, so its own row includes
-part of the second. Also `classify` one message at a time, the single-message API
-(relay processors).
+part of the second. Also `classify` one message at a time, the single-message API.
 
 Two corpora of the same size: `clean`, the simulator's traffic as `bench.pipeline`
 publishes it, and `faulty`, the month benchmark's mix (`bench.month_corpus`: 2%

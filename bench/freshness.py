@@ -264,7 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
         "METERING_EVENTS_TOPIC": topic,
         "METERING_DLQ_TOPIC": f"{topic}.dlq",
-        "METERING_RELAY_TOPIC": f"{topic}.flushes",
         "METERING_CORRECTIONS_TOPIC": f"{topic}.corrections",
         "CLICKHOUSE_URL": url,
         "METERING_CONSUMER_GROUP": f"{topic}-worker",

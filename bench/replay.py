@@ -258,7 +258,6 @@ def run_row(
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "METERING_EVENTS_TOPIC": topic,
         "METERING_DLQ_TOPIC": f"{topic}.dlq",
-        "METERING_RELAY_TOPIC": f"{topic}.relay",
         "METERING_TOPIC_PARTITIONS": str(partitions),
         "METERING_REPLAY_COMPRESSION": contender.compression,
     }

@@ -162,7 +162,6 @@ def _worker_env(bench: BenchRun, row: str, url: str) -> dict[str, str]:
         KAFKA_BOOTSTRAP_SERVERS=bench.bootstrap,
         METERING_EVENTS_TOPIC=bench.topic,
         METERING_DLQ_TOPIC=f"{bench.topic}.dlq",
-        METERING_RELAY_TOPIC=f"{bench.topic}.flushes",
         CLICKHOUSE_URL=url,
         METERING_CONSUMER_GROUP=bench.group(row),
         METERING_TOPIC_PARTITIONS=str(bench.partitions),

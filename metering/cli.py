@@ -63,13 +63,6 @@ def _parser() -> argparse.ArgumentParser:
         "default 1; 'auto': one per core); more than one needs a store server",
     )
     worker.add_argument(
-        "--role",
-        choices=("all", "processor", "store-owner"),
-        default="all",
-        help="all: one process does everything (default); processor: classify and relay "
-        "flush packages (any number); store-owner: the one process writing the store",
-    )
-    worker.add_argument(
         "--consumer-group",
         dest="consumer_group",
         help="consumer group (env METERING_CONSUMER_GROUP)",
@@ -243,22 +236,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         processes = _worker_processes(args.processes)
         if processes > 1:
-            if args.role != "all":
-                raise SettingsError(
-                    "invalid configuration:\n  --processes: only the default --role all "
-                    "runs several writer processes; start processors one by one"
-                )
             from metering.worker_processes import run_worker_processes
 
             return run_worker_processes(settings, processes, _worker_argv(args.argv))
-        summary = run_worker(settings, until_idle=args.until_idle, role=args.role)
+        summary = run_worker(settings, until_idle=args.until_idle)
         metrics = summary.metrics
-        if args.role == "processor":
-            print(
-                f"processor: {metrics['events_in']} messages relayed in {summary.seconds:.1f}s "
-                f"in {metrics['flushes']} batches"
-            )
-            return 0
         print(
             f"worker: {metrics['events_in']} messages in {summary.seconds:.1f}s; counted "
             f"{metrics['counted']}, duplicates {metrics['duplicates']}, rejected "

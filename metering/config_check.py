@@ -38,8 +38,6 @@ __all__ = [
     "run_config_command",
 ]
 
-ROLES: Final = ("all", "processor", "store-owner")
-_STORE_ROLES: Final = ("all", "store-owner")
 _SECRET_QUERY_KEYS: Final = frozenset({"password", "secret", "token", "access_token"})
 
 
@@ -71,21 +69,15 @@ def _settings_from(env: Mapping[str, str]) -> tuple[Settings | None, list[str]]:
         return None, [line.strip() for line in lines if line.strip()]
 
 
-def check_configuration(env: Mapping[str, str], *, role: str = "all") -> list[str]:
-    """Every problem with the configuration in `env`, each as `VARIABLE: problem`.
-
-    `role` is the worker role the configuration is meant for: a `processor` never
-    opens the store, so its store path is not checked.
-    """
+def check_configuration(env: Mapping[str, str]) -> list[str]:
+    """Every problem with the configuration in `env`, each as `VARIABLE: problem`."""
     settings, problems = _settings_from(env)
-    if role not in ROLES:
-        problems.append(f"--role: must be one of {', '.join(ROLES)}")
     url = _lookup(env, "CLICKHOUSE_URL")
     if url is None:
         url = str(Settings.model_fields["clickhouse_url"].default)
-    problems += [f"CLICKHOUSE_URL: {p}" for p in _store_problems(url, role)]
+    problems += [f"CLICKHOUSE_URL: {p}" for p in _store_problems(url)]
     allowed = settings is not None and settings.allow_ephemeral_store
-    ephemeral = ephemeral_store_problem(url, role, allowed=allowed)
+    ephemeral = ephemeral_store_problem(url, allowed=allowed)
     if ephemeral is not None:
         problems.append(f"CLICKHOUSE_URL: {ephemeral}")
     servers = _lookup(env, "KAFKA_BOOTSTRAP_SERVERS")
@@ -99,7 +91,7 @@ def check_configuration(env: Mapping[str, str], *, role: str = "all") -> list[st
     return problems
 
 
-def ephemeral_store_problem(url: str, role: str, *, allowed: bool) -> str | None:
+def ephemeral_store_problem(url: str, *, allowed: bool) -> str | None:
     """Why a store-writing worker refuses `chdb://` without a directory, or None.
 
     `chdb://`, `chdb://memory` and `chdb://:memory:` keep the embedded store in the
@@ -107,7 +99,7 @@ def ephemeral_store_problem(url: str, role: str, *, allowed: bool) -> str | None
     and everything it counted vanishes when it exits, while the consumer group has
     moved past the messages. Only an explicit METERING_ALLOW_EPHEMERAL_STORE=1 allows it.
     """
-    if allowed or role not in _STORE_ROLES:
+    if allowed:
         return None
     if not url.startswith("chdb://") or embedded_path(url) is not None:
         return None
@@ -119,10 +111,10 @@ def ephemeral_store_problem(url: str, role: str, *, allowed: bool) -> str | None
     )
 
 
-def _store_problems(url: str, role: str) -> list[str]:
+def _store_problems(url: str) -> list[str]:
     if url.startswith("chdb://"):
         path = embedded_path(url)
-        if path is None or role not in _STORE_ROLES:
+        if path is None:
             return []
         return _directory_problems(path)
     if url.startswith(("http://", "https://")):
@@ -226,12 +218,6 @@ def add_config_command(subparsers: Any) -> None:
         required=True,
         help="report every problem (exit 1), or print the effective configuration (exit 0)",
     )
-    config.add_argument(
-        "--role",
-        choices=ROLES,
-        default="all",
-        help="the worker role to check for (a processor never opens the store)",
-    )
 
 
 TopicConfigs = Callable[[Settings, str], dict[str, str] | None]
@@ -267,7 +253,7 @@ def run_config_command(
     if getattr(args, "command", None) != "config":
         return None
     source: Mapping[str, str] = os.environ if env is None else env
-    problems = check_configuration(source, role=args.role)
+    problems = check_configuration(source)
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)

@@ -187,13 +187,11 @@ class WorkerHealth:
     def __init__(
         self,
         metrics: Metrics,
-        role: str,
         *,
         retry_max_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._metrics = metrics
-        self._role = role
         quiet_after = 2 * retry_max_seconds + 1.0
         self._clock = clock
         self._started = clock()
@@ -218,7 +216,6 @@ class WorkerHealth:
         now = self._clock()
         store, letters = self._metrics.store_failures, self._metrics.dead_letter_failures
         return {
-            "role": self._role,
             "uptime_seconds": round(now - self._started, 3),
             "last_flush_age_seconds": (
                 None if self._last_flush_at is None else round(now - self._last_flush_at, 3)
@@ -231,7 +228,6 @@ class WorkerHealth:
             "dead_letter_errors": self._dead_letters.seen,
             "dead_letter_failing_seconds": self._dead_letters.failing_seconds(now),
             "dead_letter_last_error": letters.last,
-            "packages_rejected": sum(self._metrics.packages_rejected.values()),
             "offsets_expired": sum(self._metrics.expired_offsets().values()),
         }
 

@@ -41,9 +41,6 @@ class Settings(BaseSettings):
     dlq_topic: Annotated[
         str, Field(validation_alias=_env("METERING_DLQ_TOPIC"), pattern=r"^[A-Za-z0-9._-]+$")
     ] = "usage.events.dlq"
-    relay_topic: Annotated[
-        str, Field(validation_alias=_env("METERING_RELAY_TOPIC"), pattern=r"^[A-Za-z0-9._-]+$")
-    ] = "usage.events.flushes"
     # `metering correct` publishes here; the worker owning the store applies each record.
     corrections_topic: Annotated[
         str,

@@ -1,5 +1,4 @@
-"""Create the events, dead-letter, relay and corrections topics explicitly (kafka-python
-admin)."""
+"""Create the events, dead-letter and corrections topics explicitly (kafka-python admin)."""
 
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ def _admin(settings: Settings) -> KafkaAdminClient:
 
 
 def ensure_topics(settings: Settings) -> None:
-    """Create the events, dead-letter, relay and corrections topics if missing."""
+    """Create the events, dead-letter and corrections topics if missing."""
     admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
@@ -55,19 +54,17 @@ def ensure_topics(settings: Settings) -> None:
             for name in (settings.events_topic, settings.dlq_topic)
             if name not in existing
         ]
-        # One partition each: the store owner must see every package in one order, and
-        # corrections apply in the order they were published (the latest one of an
-        # event wins).
-        for single in (settings.relay_topic, settings.corrections_topic):
-            if single not in existing:
-                wanted.append(
-                    NewTopic(
-                        single,
-                        num_partitions=1,
-                        replication_factor=replication,
-                        topic_configs=retention,
-                    )
+        # One partition: corrections apply in the order they were published (the latest
+        # one of an event wins).
+        if settings.corrections_topic not in existing:
+            wanted.append(
+                NewTopic(
+                    settings.corrections_topic,
+                    num_partitions=1,
+                    replication_factor=replication,
+                    topic_configs=retention,
                 )
+            )
         if wanted:
             try:
                 admin.create_topics(wanted)

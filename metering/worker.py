@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 from faust.types import TP
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from metering.config_check import ephemeral_store_problem
@@ -37,23 +37,17 @@ from store.corrections import CorrectionStore
 from store.ledger import Ledger, recover
 from store.ledger.writers_lock import WritersLock, lock_path_for, store_identity
 from store.retention import apply_retention
-from streams.app import (
-    FaustDeadLetterPublisher,
-    FaustPackagePublisher,
-    attach_pipeline,
-    build_app,
-)
+from streams.app import FaustDeadLetterPublisher, attach_pipeline, build_app
 from streams.corrections import CorrectionApplier, CorrectionsReader, recover_corrections
 from streams.faults import FaultPlan
 from streams.intake import BatchIntake, CommittedReadProbe, known_earliest
 from streams.metrics import Metrics
 from streams.pipeline import MeteringPipeline
 from streams.positions import Positions
-from streams.relay import NoDeadLetters, ProcessorPipeline, StoreOwnerPipeline
 from streams.seen_ids import load_from_store
 from streams.sink import ClickHouseSink
 
-__all__ = ["ROLES", "IntakeError", "WorkerSummary", "run_worker"]
+__all__ = ["IntakeError", "WorkerSummary", "run_worker"]
 
 log = logging.getLogger("govmeter.worker")
 
@@ -68,40 +62,28 @@ class WorkerSummary:
     metrics: dict[str, object]
 
 
-ROLES = ("all", "processor", "store-owner")
-
-
-def run_worker(
-    settings: Settings, until_idle: float | None = None, role: str = "all"
-) -> WorkerSummary:
-    if role not in ROLES:
-        raise ValueError(f"--role must be one of {', '.join(ROLES)}")
+def run_worker(settings: Settings, until_idle: float | None = None) -> WorkerSummary:
     ephemeral = ephemeral_store_problem(
-        settings.clickhouse_url, role, allowed=settings.allow_ephemeral_store
+        settings.clickhouse_url, allowed=settings.allow_ephemeral_store
     )
     if ephemeral is not None:
         raise SettingsError(f"invalid configuration:\n  CLICKHOUSE_URL: {ephemeral}")
-    return asyncio.run(_run(settings, until_idle, role))
+    return asyncio.run(_run(settings, until_idle))
 
 
-async def _run(settings: Settings, until_idle: float | None, role: str) -> WorkerSummary:
+async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
     started = time.monotonic()
     ensure_topics(settings)
     warn_if_retention_short(settings)
     metrics = Metrics()
-    health = WorkerHealth(metrics, role, retry_max_seconds=settings.store_retry_max_seconds)
+    health = WorkerHealth(metrics, retry_max_seconds=settings.store_retry_max_seconds)
     health_watch = asyncio.create_task(health.watch())
     worker_name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    sink: ClickHouseSink | None = None
-    corrections: CorrectionsReader | None = None
-    client = None
-    lock: WritersLock | None = None
-    pipeline: Any
-
-    group = settings.consumer_group if role != "store-owner" else f"{settings.consumer_group}-store"
-    source_topic = settings.relay_topic if role == "store-owner" else settings.events_topic
+    group = settings.consumer_group
     options = stream_options(settings)
-    intake = BatchIntake(options, source_topic, group) if settings.intake == "batch" else None
+    intake = (
+        BatchIntake(options, settings.events_topic, group) if settings.intake == "batch" else None
+    )
     # With the batch intake the faust app does not consume the source topic; it gets a
     # group of its own (faust's assignor protocol differs from a plain consumer's).
     app = build_app(options, group=group if intake is None else f"{group}-app")
@@ -121,125 +103,100 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         offsets = await app.consumer.earliest_offsets(tp)
         return known_earliest(offsets, tp)
 
-    if role == "processor":
-        pipeline = ProcessorPipeline(
-            FaustDeadLetterPublisher(app, settings.dlq_topic),
-            FaustPackagePublisher(app, settings.relay_topic),
-            metrics,
-        )
-    else:
-        client = open_for_writing(settings)
-        apply_retention(
-            client,
-            settings.raw_retention_days,
-            settings.clickhouse_cluster
-            if settings.effective_clickhouse_mode == "cluster"
-            else None,
-        )
-        ledger = Ledger(client)
-        faults = FaultPlan.from_environment()
-        correction_store = CorrectionStore(client)
+    client = open_for_writing(settings)
+    apply_retention(
+        client,
+        settings.raw_retention_days,
+        settings.clickhouse_cluster if settings.effective_clickhouse_mode == "cluster" else None,
+    )
+    ledger = Ledger(client)
+    faults = FaultPlan.from_environment()
+    correction_store = CorrectionStore(client)
 
-        def recover_store() -> None:
-            recover(ledger)
-            recover_corrections(correction_store, faults)
+    def recover_store() -> None:
+        recover(ledger)
+        recover_corrections(correction_store, faults)
 
-        # Every writer of this store on this machine shares the lock (see
-        # store.ledger.writers_lock); recovery runs holding it, so it never takes the
-        # staged rows of another writer midway through a flush.
-        lock = WritersLock(
-            lock_path_for(
-                store_identity(client, settings.clickhouse_url), settings.lock_dir or None
-            ),
-            on_dirty=recover_store,
-        )
-        with lock.holding():
-            state = recover(ledger)
-            finished = recover_corrections(correction_store, faults)
+    # Every writer of this store on this machine shares the lock (see
+    # store.ledger.writers_lock); recovery runs holding it, so it never takes the
+    # staged rows of another writer midway through a flush.
+    lock = WritersLock(
+        lock_path_for(store_identity(client, settings.clickhouse_url), settings.lock_dir or None),
+        on_dirty=recover_store,
+    )
+    with lock.holding():
+        state = recover(ledger)
+        finished = recover_corrections(correction_store, faults)
+    log.info(
+        "store ready",
+        extra={
+            "store": describe_store(settings.clickhouse_url),
+            "next_flush_seq": state.next_flush_seq,
+            "orphan_rows_deleted": state.orphan_rows_deleted,
+            "flushes_reapplied": state.flushes_reapplied,
+            "writers_lock": str(lock.path),
+        },
+    )
+    if finished:
+        log.info("corrections finished at start", extra={"corrections": finished})
+    seen_ids = None
+    if settings.dedupe_filter_mb:
+        began = time.monotonic()
+        seen_ids = load_from_store(ledger, settings.dedupe_filter_mb)
         log.info(
-            "store ready",
+            "dedupe filter loaded",
             extra={
-                "store": describe_store(settings.clickhouse_url),
-                "role": role,
-                "next_flush_seq": state.next_flush_seq,
-                "orphan_rows_deleted": state.orphan_rows_deleted,
-                "flushes_reapplied": state.flushes_reapplied,
-                "writers_lock": str(lock.path),
+                "ids": seen_ids.ids_added,
+                "size_mib": settings.dedupe_filter_mb,
+                "seconds": round(time.monotonic() - began, 3),
             },
         )
-        if finished:
-            log.info("corrections finished at start", extra={"corrections": finished})
-        seen_ids = None
-        if settings.dedupe_filter_mb:
-            began = time.monotonic()
-            seen_ids = load_from_store(ledger, settings.dedupe_filter_mb)
-            log.info(
-                "dedupe filter loaded",
-                extra={
-                    "ids": seen_ids.ids_added,
-                    "size_mib": settings.dedupe_filter_mb,
-                    "seconds": round(time.monotonic() - began, 3),
-                },
-            )
-        sink = ClickHouseSink(
+    sink = ClickHouseSink(
+        ledger,
+        FaustDeadLetterPublisher(app, settings.dlq_topic),
+        next_flush_seq=state.next_flush_seq,
+        worker=worker_name,
+        retry_max_seconds=settings.store_retry_max_seconds,
+        fatal_tries=settings.store_fatal_tries,
+        faults=faults,
+        metrics=metrics,
+        seen_ids=seen_ids,
+        lock=lock,
+    )
+    # Corrections are applied by the process that owns the store, on the sink's
+    # store thread: one correction at a time, never between a flush's steps.
+    corrections = CorrectionsReader(
+        options.kafka,
+        settings.corrections_topic,
+        CorrectionApplier(
+            correction_store,
             ledger,
-            FaustDeadLetterPublisher(app, settings.dlq_topic) if role == "all" else NoDeadLetters(),
-            next_flush_seq=state.next_flush_seq,
+            sink.run_on_store,
             worker=worker_name,
-            retry_max_seconds=settings.store_retry_max_seconds,
-            fatal_tries=settings.store_fatal_tries,
             faults=faults,
-            metrics=metrics,
-            seen_ids=seen_ids,
-            lock=lock,
-        )
-        # Corrections are applied by the process that owns the store, on the sink's
-        # store thread: one correction at a time, never between a flush's steps.
-        corrections = CorrectionsReader(
-            options.kafka,
-            settings.corrections_topic,
-            CorrectionApplier(
-                correction_store,
-                ledger,
-                sink.run_on_store,
-                worker=worker_name,
-                faults=faults,
-                fatal_tries=settings.store_fatal_tries,
-                retry_max_seconds=settings.store_retry_max_seconds,
-            ),
-            correction_store.resume_positions(),
-            partitions_of(settings, settings.corrections_topic) or [0],
-        )
-        positions = Positions(state.resume_offsets)
-        expiry = ExpiryRecorder(metrics, client, sink.run_on_store, worker_name)
-        await expiry.check_at_start(settings, state.resume_offsets)
-        if role == "all":
-            pipeline = MeteringPipeline(
-                sink,
-                positions,
-                metrics,
-                seek=seek,
-                earliest_offset=watching_expiry(
-                    earliest_offset, positions.next_offset, expiry.report
-                ),
-                first_readable=gap_probe.first_readable,
-            )
-        else:
-            pipeline = StoreOwnerPipeline(
-                sink,
-                positions,
-                metrics,
-                events_topic=settings.events_topic,
-                max_events_per_flush=settings.batch_max_events,
-                first_readable=gap_probe.first_readable,
-            )
+            fatal_tries=settings.store_fatal_tries,
+            retry_max_seconds=settings.store_retry_max_seconds,
+        ),
+        correction_store.resume_positions(),
+        partitions_of(settings, settings.corrections_topic) or [0],
+    )
+    positions = Positions(state.resume_offsets)
+    expiry = ExpiryRecorder(metrics, client, sink.run_on_store, worker_name)
+    await expiry.check_at_start(settings, state.resume_offsets)
+    pipeline = MeteringPipeline(
+        sink,
+        positions,
+        metrics,
+        seek=seek,
+        earliest_offset=watching_expiry(earliest_offset, positions.next_offset, expiry.report),
+        first_readable=gap_probe.first_readable,
+    )
     if intake is not None:
         intake.handler = pipeline
-        if isinstance(pipeline, MeteringPipeline):
-            intake.resume_offset = pipeline.positions.next_offset
-            intake.on_assigned = pipeline.partitions_assigned
+        intake.resume_offset = pipeline.positions.next_offset
+        intake.on_assigned = pipeline.partitions_assigned
     else:
-        attach_pipeline(app, options, pipeline, topic_name=source_topic)
+        attach_pipeline(app, options, pipeline)
     health_server = await _start_health(
         settings, metrics, health, intake.lag if intake is not None else None
     )
@@ -259,34 +216,25 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     intake_task = asyncio.create_task(intake.run(stop)) if intake is not None else None
     if intake_task is not None:
         intake_task.add_done_callback(lambda _: stop.set())
-    corrections_task = (
-        asyncio.create_task(corrections.run(stop)) if corrections is not None else None
-    )
-    if corrections_task is not None:
-        corrections_task.add_done_callback(lambda _: stop.set())
+    corrections_task = asyncio.create_task(corrections.run(stop))
+    corrections_task.add_done_callback(lambda _: stop.set())
     log.info(
         "worker consuming",
-        extra={"role": role, "topic": source_topic, "group": group, "intake": settings.intake},
+        extra={"topic": settings.events_topic, "group": group, "intake": settings.intake},
     )
     watcher = None
     if until_idle is not None:
-        if sink is not None:
-            watcher = asyncio.create_task(
-                _stop_when_idle(settings, pipeline, sink, corrections, until_idle, stop)
-            )
-        else:
-            watcher = asyncio.create_task(
-                _stop_processor_when_idle(settings, pipeline, until_idle, stop)
-            )
+        watcher = asyncio.create_task(
+            _stop_when_idle(settings, pipeline, sink, corrections, until_idle, stop)
+        )
     await stop.wait()
-    while pipeline.busy or (corrections is not None and corrections.busy):
+    while pipeline.busy or corrections.busy:
         await asyncio.sleep(0.05)
     corrections_error: BaseException | None = None
-    if corrections_task is not None:
-        if corrections_task.done() and not corrections_task.cancelled():
-            corrections_error = corrections_task.exception()
-        corrections_task.cancel()
-        await asyncio.gather(corrections_task, return_exceptions=True)
+    if corrections_task.done() and not corrections_task.cancelled():
+        corrections_error = corrections_task.exception()
+    corrections_task.cancel()
+    await asyncio.gather(corrections_task, return_exceptions=True)
     intake_error: BaseException | None = None
     if intake_task is not None:
         if intake_task.done() and not intake_task.cancelled():
@@ -302,15 +250,11 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
     health_watch.cancel()
     if health_server is not None:
         await health_server.cleanup()
-    if isinstance(pipeline, MeteringPipeline):
-        pipeline.close()
+    pipeline.close()
     await gap_probe.close()
-    if sink is not None:
-        sink.close()
-    if client is not None:
-        client.close()
-    if lock is not None:
-        lock.close()
+    sink.close()
+    client.close()
+    lock.close()
     if corrections_error is not None:
         if isinstance(corrections_error, ServiceError):
             raise corrections_error
@@ -320,7 +264,7 @@ async def _run(settings: Settings, until_idle: float | None, role: str) -> Worke
         ) from corrections_error
     if intake_error is not None:
         raise IntakeError(
-            f"reading {source_topic} failed: {type(intake_error).__name__}: {intake_error}"
+            f"reading {settings.events_topic} failed: {type(intake_error).__name__}: {intake_error}"
         ) from intake_error
     summary = WorkerSummary(time.monotonic() - started, metrics.summary())
     log.info("worker stopped", extra={"seconds": round(summary.seconds, 3), **summary.metrics})
@@ -376,7 +320,6 @@ class _OffsetProbe:
     def __init__(self, settings: Settings) -> None:
         self._options = kafka_python_options(settings)
         self._consumer: KafkaConsumer | None = None
-        self._admin: KafkaAdminClient | None = None
 
     def behind(self, topic: str, handled: Mapping[int, int]) -> dict[int, tuple[int, int]]:
         """(handled, end) of each partition with a committed record left to handle;
@@ -398,23 +341,11 @@ class _OffsetProbe:
                 left[partition] = (start, end)
         return left
 
-    def committed(self, group: str, topic: str) -> dict[int, int]:
-        if self._admin is None:
-            self._admin = KafkaAdminClient(**self._options, request_timeout_ms=10_000)
-        committed = self._admin.list_group_offsets(group)
-        return {
-            tp.partition: meta.offset
-            for tp, meta in committed.get(group, {}).items()
-            if tp.topic == topic
-        }
-
     def close(self) -> None:
-        for client in (self._consumer, self._admin):
-            if client is not None:
-                with contextlib.suppress(Exception):  # closing a client that already broke
-                    client.close()
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):  # closing a client that already broke
+                self._consumer.close()
         self._consumer = None
-        self._admin = None
 
 
 async def _probe(probe: _OffsetProbe, call: Any, *args: Any) -> Any:
@@ -429,30 +360,6 @@ async def _probe(probe: _OffsetProbe, call: Any, *args: Any) -> Any:
         )
         probe.close()
         return None
-
-
-async def _stop_processor_when_idle(
-    settings: Settings, pipeline: Any, idle_seconds: float, stop: asyncio.Event
-) -> None:
-    """A processor is done once its group committed every offset and nothing arrives."""
-    probe = _OffsetProbe(settings)
-    try:
-        while True:
-            await asyncio.sleep(min(0.5, idle_seconds / 2 or 0.1))
-            if pipeline.busy or time.monotonic() - pipeline.last_activity < idle_seconds:
-                continue
-            offsets = await _probe(
-                probe, probe.committed, settings.consumer_group, settings.events_topic
-            )
-            if offsets is None:
-                continue
-            behind = await _probe(probe, probe.behind, settings.events_topic, offsets)
-            if behind == {}:
-                log.info("idle and fully relayed; stopping", extra={"idle_seconds": idle_seconds})
-                stop.set()
-                return
-    finally:
-        probe.close()
 
 
 async def _stop_when_idle(

@@ -3,7 +3,7 @@
     GovmeterError                 every error raised on purpose; its message names the
     │                             file, field or setting that failed and what to do
     ├── InputError (ValueError)   bad input: settings, a price book, a period, an agency
-    │                             id, a batch or relay package, a pseudonym key, DDL
+    │                             id, a batch, a pseudonym key, DDL
     └── ServiceError (RuntimeError)  a service or the store's state: the store and its
                                   migrations, the local server, Kafka, the intake,
                                   replay, billing, a gap in the ledger

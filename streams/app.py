@@ -30,7 +30,6 @@ log = logging.getLogger("govmeter.app")
 __all__ = [
     "BatchHandler",
     "FaustDeadLetterPublisher",
-    "FaustPackagePublisher",
     "attach_pipeline",
     "broker_urls",
     "build_app",
@@ -108,17 +107,15 @@ class BatchHandler(Protocol):
     async def handle(self, messages: Sequence[SourceMessage]) -> object: ...
 
 
-def attach_pipeline(
-    app: faust.App, options: StreamOptions, pipeline: BatchHandler, topic_name: str | None = None
-) -> None:
-    """Subscribe one agent to a topic (default: the events topic) feeding the pipeline.
+def attach_pipeline(app: faust.App, options: StreamOptions, pipeline: BatchHandler) -> None:
+    """Subscribe one agent to the events topic feeding the pipeline.
 
     Faust acknowledges a batch only after `handle` returned. If `handle` raises, the
     process exits at once with status 70: letting faust unwind would acknowledge
     messages nobody persisted (its batching acknowledges on the way out).
     """
     topic = app.topic(
-        topic_name or options.events_topic,
+        options.events_topic,
         key_serializer="raw",
         value_serializer="raw",
         internal=False,
@@ -163,17 +160,6 @@ async def send_acknowledged(
     await producer.flush()
     for delivery in pending:
         await delivery
-
-
-class FaustPackagePublisher:
-    """Publishes flush packages to the relay topic and waits for every ack."""
-
-    def __init__(self, app: faust.App, topic: str) -> None:
-        self._app = app
-        self._topic = topic
-
-    async def __call__(self, packages: Sequence[tuple[bytes, bytes]]) -> None:
-        await send_acknowledged(self._app, self._topic, packages)
 
 
 class FaustDeadLetterPublisher:

@@ -9,8 +9,8 @@ its messages: from the partition's previous resume point to its new one minus on
 (`Extents`, given by admission, see `streams.positions`). Offsets in it that held no
 message for this reader (transaction markers, aborted records, compacted holes) are
 `last_offset - first_offset + 1 - messages`; a range may hold no message at all (a
-read that moved only past markers). Without extents (the store owner's relayed
-packages) a range spans the first and last message offsets, as before.
+read that moved only past markers). Without extents a range spans the first and last
+message offsets.
 
 Valid events stay in columns (`streams.valid_events.ValidEvents`): `classify_batch`
 takes them from the fast path's decode (`schemas.fast_path.decide_columns`) and the

@@ -19,12 +19,10 @@ class SourceMessage:
     offset: int
     key: bytes | None
     value: bytes
-    # Set when the bytes themselves are not carried (a message relayed in a flush package).
-    value_size: int | None = None
 
     @property
     def size(self) -> int:
-        return len(self.value) if self.value_size is None else self.value_size
+        return len(self.value)
 
 
 @dataclass(frozen=True, slots=True)

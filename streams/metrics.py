@@ -61,17 +61,20 @@ class Metrics:
         self.duplicates = Counter()
         self.already_counted_skipped = Counter()
         self.flushes = Counter()
-        # Flushes refused under the writers' lock: another writer had moved the ledger of
-        # one of their partitions (the batch is read again from the ledger).
+        # Flushes refused: another writer's commit had moved the ledger of one of their
+        # partitions (the batch is read again from the ledger).
         self.flushes_refused = Counter()
+        # Commits that found their number taken by another writer's commit and were
+        # appended again at the new head, and flushes that started over because such a
+        # commit had counted some of their events.
+        self.commits_retried = Counter()
+        self.flushes_redone = Counter()
         # Every failed store attempt; `store_failures` says transient or not, and why.
         self.store_errors = Counter()
         self.store_failures = FailureRecord()
         # Failed dead-letter publishes: Kafka, not the store, so reported apart.
         self.dead_letter_failures = FailureRecord()
         self.rejected_by_reason: _Tally[str] = _Tally()
-        # Relay packages the store owner refused (malformed or forged), by reason.
-        self.packages_rejected: _Tally[str] = _Tally()
         # Offsets the broker deleted before they were counted:
         # (topic, partition) -> {first missing offset: offset counting resumed at}.
         self._expired: dict[tuple[str, int], dict[int, int]] = {}
@@ -127,10 +130,11 @@ class Metrics:
             "already_counted_skipped": self.already_counted_skipped.value,
             "flushes": self.flushes.value,
             "flushes_refused": self.flushes_refused.value,
+            "commits_retried": self.commits_retried.value,
+            "flushes_redone": self.flushes_redone.value,
             "store_errors": self.store_errors.value,
             "store_errors_by_cause": self.store_failures.summary(),
             "dead_letter_errors": self.dead_letter_failures.total.value,
-            "packages_rejected": dict(sorted(self.packages_rejected.items())),
             "offsets_expired": {
                 f"{topic}[{partition}]": count
                 for (topic, partition), count in self.expired_offsets().items()
@@ -155,6 +159,12 @@ class Metrics:
         lines += [
             "# TYPE govmeter_flushes_total counter",
             f"govmeter_flushes_total {self.flushes.value}",
+            "# TYPE govmeter_flushes_refused_total counter",
+            f"govmeter_flushes_refused_total {self.flushes_refused.value}",
+            "# TYPE govmeter_commits_retried_total counter",
+            f"govmeter_commits_retried_total {self.commits_retried.value}",
+            "# TYPE govmeter_flushes_redone_total counter",
+            f"govmeter_flushes_redone_total {self.flushes_redone.value}",
             "# TYPE govmeter_store_errors_total counter",
             f"govmeter_store_errors_total {self.store_errors.value}",
             "# TYPE govmeter_store_transient_errors_total counter",
@@ -165,13 +175,8 @@ class Metrics:
             "# TYPE govmeter_dead_letter_errors_total counter",
             f"govmeter_dead_letter_errors_total {letters.total.value}",
             *_by_cause("govmeter_dead_letter_errors_by_cause_total", letters),
-            "# TYPE govmeter_packages_rejected_total counter",
+            "# TYPE govmeter_offsets_expired_total counter",
         ]
-        for reason, count in sorted(self.packages_rejected.items()):
-            lines.append(
-                f'govmeter_packages_rejected_total{{reason="{prometheus_label(reason)}"}} {count}'
-            )
-        lines.append("# TYPE govmeter_offsets_expired_total counter")
         for (topic, partition), count in self.expired_offsets().items():
             lines.append(
                 f'govmeter_offsets_expired_total{{topic="{prometheus_label(topic)}",'

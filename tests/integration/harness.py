@@ -96,6 +96,13 @@ class StoreServer:
 
 CORPUS = ROOT / "tests/replay/corpus.jsonl"
 EXPECTED = ROOT / "tests/replay/expected.json"
+# Small batches (many flushes) and a short session timeout: the partitions of a killed
+# or paused worker move to the others within seconds.
+FAST_REBALANCE_ENV = {
+    "METERING_BATCH_MAX_EVENTS": "50",
+    "METERING_BATCH_MAX_SECONDS": "0.2",
+    "METERING_SESSION_TIMEOUT_SECONDS": "6",
+}
 
 
 def expected() -> dict[str, Any]:

@@ -84,7 +84,7 @@ def _new_topic(
     kafka_env: dict[str, str], topics: list[str], configs: dict[str, str] | None = None
 ) -> str:
     name = f"replay-fast-{uuid.uuid4().hex[:10]}"
-    topics += [name, f"{name}.dlq", f"{name}.relay"]
+    topics += [name, f"{name}.dlq"]
     admin = KafkaAdminClient(bootstrap_servers=kafka_env["KAFKA_BOOTSTRAP_SERVERS"].split(","))
     try:
         admin.create_topics(
@@ -105,7 +105,6 @@ def _replay(
             **kafka_env,
             "METERING_EVENTS_TOPIC": topic,
             "METERING_DLQ_TOPIC": f"{topic}.dlq",
-            "METERING_RELAY_TOPIC": f"{topic}.relay",
             "METERING_TOPIC_PARTITIONS": str(PARTITIONS),
             **(env or {}),
         },
@@ -270,7 +269,6 @@ def test_simulate_to_kafka_publishes_through_the_same_producer(
             **kafka_env,
             "METERING_EVENTS_TOPIC": topic,
             "METERING_DLQ_TOPIC": f"{topic}.dlq",
-            "METERING_RELAY_TOPIC": f"{topic}.relay",
         },
         cwd=ROOT,
         capture_output=True,
@@ -289,7 +287,7 @@ def test_a_missing_events_topic_is_created_with_the_configured_partitions(
     kafka_env: dict[str, str], topics: list[str], tmp_path: Path
 ) -> None:
     topic = f"replay-fast-new-{uuid.uuid4().hex[:10]}"
-    topics += [topic, f"{topic}.dlq", f"{topic}.relay"]
+    topics += [topic, f"{topic}.dlq"]
     path = _gzip_file(tmp_path / "b.jsonl.gz")
 
     result = _replay(kafka_env, topic, str(path))
@@ -299,7 +297,7 @@ def test_a_missing_events_topic_is_created_with_the_configured_partitions(
     assert sorted((m for ms in back.values() for m in ms), key=repr) == sorted(GZIP_LINES, key=repr)
     admin = KafkaAdminClient(bootstrap_servers=kafka_env["KAFKA_BOOTSTRAP_SERVERS"].split(","))
     try:
-        assert {f"{topic}.dlq", f"{topic}.relay"} <= set(admin.list_topics())
+        assert f"{topic}.dlq" in set(admin.list_topics())
         [described] = admin.describe_topics([topic])
         assert len(described["partitions"]) == PARTITIONS
     finally:

@@ -38,16 +38,15 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
-from tests.integration.harness import CORPUS, MeteringRun, expected
+from tests.integration.harness import CORPUS, FAST_REBALANCE_ENV, MeteringRun, expected
 from tests.integration.test_codecs import bootstrap, create_events_topic
-from tests.integration.test_scale_out import RELAY_ENV
 from tests.integration.test_transactions import Message, end_offsets, expected_views, make_event
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 6
 # The corpus is replayed this many times: a single copy is flushed by one writer in
-# about 10 s, so the kill, the pause (longer than the session timeout of RELAY_ENV) and
+# about 10 s, so the kill, the pause (longer than the session timeout of FAST_REBALANCE_ENV) and
 # the paused writer's return all land while there is still work on the topic. Every
 # valid line of a later copy is a duplicate of the first copy; the views stay golden.
 REPLAYS = 3
@@ -88,13 +87,13 @@ def writer_names(count: int) -> list[str]:
 
 
 def start_writer(run: MeteringRun, name: str, until_idle: float | None) -> subprocess.Popen[str]:
-    """A plain `metering worker` (no --role) of the run's consumer group, named `name`."""
+    """A plain `metering worker` of the run's consumer group, named `name`."""
     args = [sys.executable, "-m", "metering.cli", "worker"]
     if until_idle is not None:
         args += ["--until-idle", str(until_idle)]
     return subprocess.Popen(
         args,
-        env={**run.env, **RELAY_ENV, "METERING_WORKER_NAME": name},
+        env={**run.env, **FAST_REBALANCE_ENV, "METERING_WORKER_NAME": name},
         cwd=run.workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -105,8 +104,7 @@ def start_writer(run: MeteringRun, name: str, until_idle: float | None) -> subpr
 class Outputs:
     """Every line each process prints, read in threads (no pipe ever fills up).
 
-    `test_scale_out._first_to_log` reads the pipes too but keeps no line, and these
-    tests wait for several cues and show what a writer said when it failed.
+    These tests wait for several cues and show what a writer said when it failed.
     """
 
     def __init__(self, processes: Sequence[subprocess.Popen[str]]) -> None:
@@ -504,7 +502,7 @@ def test_processes_flag_counts_exactly(kafka_env: dict[str, str], tmp_path: Path
     run = MeteringRun.fresh(kafka_env, tmp_path, partitions=PARTITIONS)
     run.replay(CORPUS)
     result = run.metering(
-        "worker", "--processes", "3", "--until-idle", "2", extra_env=RELAY_ENV, timeout=240
+        "worker", "--processes", "3", "--until-idle", "2", extra_env=FAST_REBALANCE_ENV, timeout=240
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert_exact_and_tiled(run, corpus_expectation(1), writers_expected=3)
@@ -603,7 +601,7 @@ def test_supervisor_restarts_a_killed_writer_and_dies_with_its_writers(
         [sys.executable, "-m", "metering.cli", "worker", "--processes", "2"],
         env={
             **run.env,
-            **RELAY_ENV,
+            **FAST_REBALANCE_ENV,
             "METERING_WORKER_NAME": "supervised",
             "METERING_HEALTH_PORT": str(port),
         },

@@ -68,14 +68,11 @@ def test_several_bad_settings_are_reported_together_with_their_names(tmp_path: P
     assert "too-short" not in text
 
 
-def test_a_processor_never_opens_the_store(tmp_path: Path) -> None:
+def test_a_store_directory_that_cannot_be_created_is_refused(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     env = {"CLICKHOUSE_URL": f"chdb://{blocker}/store"}
-    assert check_configuration(env, role="processor") == []
-    assert [p.split(":", 1)[0] for p in check_configuration(env, role="store-owner")] == [
-        "CLICKHOUSE_URL"
-    ]
+    assert [p.split(":", 1)[0] for p in check_configuration(env)] == ["CLICKHOUSE_URL"]
 
 
 @pytest.mark.parametrize(
@@ -153,9 +150,7 @@ def test_an_in_memory_store_is_refused_for_a_store_writing_worker(url: str) -> N
         "a server (http://127.0.0.1:8123), or set METERING_ALLOW_EPHEMERAL_STORE=1 for a "
         "throwaway run"
     )
-    for role in ("all", "store-owner"):
-        assert check_configuration({"CLICKHOUSE_URL": url}, role=role) == [expected]
-    assert check_configuration({"CLICKHOUSE_URL": url}, role="processor") == []
+    assert check_configuration({"CLICKHOUSE_URL": url}) == [expected]
     allowed = {"CLICKHOUSE_URL": url, "METERING_ALLOW_EPHEMERAL_STORE": "1"}
     assert check_configuration(allowed) == []
 
@@ -177,8 +172,6 @@ def test_the_worker_refuses_an_in_memory_store_before_it_touches_anything(
         "(chdb://./var/clickhouse) or a server (http://127.0.0.1:8123), or set "
         "METERING_ALLOW_EPHEMERAL_STORE=1 for a throwaway run",
     ]
-    with pytest.raises(SettingsError, match="in-memory store"):
-        run_worker(settings, role="store-owner")
 
 
 # ---------------------------------------------------------------------------------

@@ -19,8 +19,6 @@ from store.ddl import DDLError
 from store.local_server import LocalServerError
 from store.migrations import MigrationError
 from streams.batch import BatchError
-from streams.packages import PackageError
-from streams.relay import LedgerGapError
 from streams.sink import DeadLetterFailureError, StoreFailureError
 
 INPUT = [
@@ -29,7 +27,6 @@ INPUT = [
     PeriodError,
     AccessError,
     BatchError,
-    PackageError,
     DDLError,
 ]
 SERVICE = [
@@ -41,7 +38,6 @@ SERVICE = [
     KafkaUnavailableError,
     IntakeError,
     BillingError,
-    LedgerGapError,
     StoreFailureError,
     DeadLetterFailureError,
 ]
@@ -57,15 +53,10 @@ def test_a_service_failure_is_a_service_error_and_a_runtime_error(kind: type[Exc
     assert issubclass(kind, ServiceError) and issubclass(kind, RuntimeError)
 
 
-@pytest.mark.parametrize("kind", [k for k in INPUT + SERVICE if k is not PackageError])
+@pytest.mark.parametrize("kind", [*INPUT, *SERVICE])
 def test_every_one_is_explained_by_its_own_message(kind: type[Exception]) -> None:
     assert issubclass(kind, GovmeterError)
     assert explain(kind("CLICKHOUSE_URL=x: do this")) == "CLICKHOUSE_URL=x: do this"
-
-
-def test_a_refused_package_is_explained_with_its_reason() -> None:
-    error = PackageError("not_json", "the package is not JSON")  # type: ignore[arg-type]
-    assert explain(error) == "flush package refused (not_json): the package is not JSON"
 
 
 def test_other_errors_are_not_explained() -> None:

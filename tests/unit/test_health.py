@@ -81,7 +81,6 @@ govmeter_store_fatal_errors_total 0
 # TYPE govmeter_dead_letter_errors_total counter
 govmeter_dead_letter_errors_total 0
 # TYPE govmeter_dead_letter_errors_by_cause_total counter
-# TYPE govmeter_packages_rejected_total counter
 # TYPE govmeter_offsets_expired_total counter
 # TYPE govmeter_flush_seconds_last gauge
 govmeter_flush_seconds_last 0.250000
@@ -119,7 +118,6 @@ def test_metrics_without_lag_and_with_a_failing_lag_probe() -> None:
 
 def test_healthz_ok_then_503_when_the_store_fails_too_long() -> None:
     state: dict[str, object] = {
-        "role": "all",
         "last_flush_age_seconds": 1.5,
         "store_errors": 4,
         "store_failing_seconds": 59.0,
@@ -165,10 +163,9 @@ class _Clock:
 
 def test_worker_health_tracks_continuous_store_failure() -> None:
     metrics, clock = Metrics(), _Clock()
-    health = WorkerHealth(metrics, "store-owner", retry_max_seconds=30, clock=clock)
+    health = WorkerHealth(metrics, retry_max_seconds=30, clock=clock)
     first = health.state()
     assert first == {
-        "role": "store-owner",
         "uptime_seconds": 0.0,
         "last_flush_age_seconds": None,
         "store_errors": 0,
@@ -179,7 +176,6 @@ def test_worker_health_tracks_continuous_store_failure() -> None:
         "dead_letter_errors": 0,
         "dead_letter_failing_seconds": 0.0,
         "dead_letter_last_error": None,
-        "packages_rejected": 0,
         "offsets_expired": 0,
     }
     metrics.flushes.inc()
@@ -203,7 +199,7 @@ def test_worker_health_tracks_continuous_store_failure() -> None:
 
 def test_worker_health_forgets_failures_once_errors_stop() -> None:
     metrics, clock = Metrics(), _Clock()
-    health = WorkerHealth(metrics, "all", retry_max_seconds=5, clock=clock)
+    health = WorkerHealth(metrics, retry_max_seconds=5, clock=clock)
     metrics.store_errors.inc()
     health.observe()
     clock.now += 10

@@ -559,7 +559,7 @@ class _Clock:
 
 def test_healthz_shows_store_and_dead_letter_failures_apart() -> None:
     metrics, clock = Metrics(), _Clock()
-    health = WorkerHealth(metrics, "all", retry_max_seconds=10, clock=clock)
+    health = WorkerHealth(metrics, retry_max_seconds=10, clock=clock)
     metrics.record_store_failure(classify_store_error(_server_error(252, "TOO_MANY_PARTS")), "x")
     health.observe()
     clock.now += 4
@@ -570,7 +570,6 @@ def test_healthz_shows_store_and_dead_letter_failures_apart() -> None:
     last_store = cast(dict[str, object], state.pop("store_last_error"))
     last_letter = cast(dict[str, object], state.pop("dead_letter_last_error"))
     assert state == {
-        "role": "all",
         "uptime_seconds": 10.0,
         "last_flush_age_seconds": None,
         "store_errors": 1,
@@ -579,7 +578,6 @@ def test_healthz_shows_store_and_dead_letter_failures_apart() -> None:
         "store_failing_seconds": 10.0,
         "dead_letter_errors": 1,
         "dead_letter_failing_seconds": 6.0,
-        "packages_rejected": 0,
         "offsets_expired": 0,
     }
     assert {k: last_store[k] for k in ("step", "cause", "transient")} == {
@@ -594,13 +592,12 @@ def test_healthz_shows_store_and_dead_letter_failures_apart() -> None:
     assert (state["store_failing_seconds"], state["dead_letter_failing_seconds"]) == (0.0, 0.0)
 
 
-def test_metrics_text_lists_failures_by_cause_packages_and_expired_offsets() -> None:
+def test_metrics_text_lists_failures_by_cause_and_expired_offsets() -> None:
     metrics = Metrics()
     for error in (_server_error(252, "TOO_MANY_PARTS"), _server_error(252, "TOO_MANY_PARTS")):
         metrics.record_store_failure(classify_store_error(error), "commit flush")
     metrics.record_store_failure(classify_store_error(TypeError()), "commit flush")
     metrics.record_dead_letter_failure(classify_publish_error(kafka_errors.KafkaTimeoutError()))
-    metrics.packages_rejected["invalid_json"] += 2
     assert metrics.record_expired("usage.events", 2, 100, 130)
     assert not metrics.record_expired("usage.events", 2, 100, 130)  # the same gap, seen again
     assert metrics.record_expired("usage.events", 2, 200, 205)
@@ -626,8 +623,6 @@ def test_metrics_text_lists_failures_by_cause_packages_and_expired_offsets() -> 
         "govmeter_dead_letter_errors_total 1\n"
         "# TYPE govmeter_dead_letter_errors_by_cause_total counter\n"
         'govmeter_dead_letter_errors_by_cause_total{cause="KafkaTimeoutError",transient="true"} 1\n'
-        "# TYPE govmeter_packages_rejected_total counter\n"
-        'govmeter_packages_rejected_total{reason="invalid_json"} 2\n'
         "# TYPE govmeter_offsets_expired_total counter\n"
         'govmeter_offsets_expired_total{topic="usage.events",partition="2"} 40\n'
     )

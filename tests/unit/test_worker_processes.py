@@ -40,18 +40,18 @@ def test_a_bad_environment_count_names_the_variable(monkeypatch: pytest.MonkeyPa
 
 
 def test_writers_repeat_the_command_line_with_one_process_each() -> None:
-    argv = ["--quiet", "worker", "--until-idle", "2", "--processes", "3", "--role", "all"]
+    argv = ["--quiet", "worker", "--until-idle", "2", "--processes", "3", "--partitions", "6"]
     assert _worker_argv(argv) == [
         "worker",
         "--until-idle",
         "2",
         "--processes",
         "3",
-        "--role",
-        "all",
+        "--partitions",
+        "6",
     ]
     assert child_arguments(_worker_argv(argv)) == [
-        "worker", "--until-idle", "2", "--role", "all", "--processes", "1",
+        "worker", "--until-idle", "2", "--partitions", "6", "--processes", "1",
     ]  # fmt: skip
     assert child_arguments(["worker", "--processes=auto"]) == ["worker", "--processes", "1"]
 
