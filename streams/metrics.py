@@ -7,6 +7,8 @@ import time
 from collections import Counter as _Tally
 from typing import TYPE_CHECKING
 
+from schemas.rejections import Reason
+
 if TYPE_CHECKING:
     from streams.batch import ClassifiedBatch
     from streams.sink import FlushResult
@@ -151,7 +153,10 @@ class Metrics:
             f"govmeter_events_duplicate_total {self.duplicates.value}",
             "# TYPE govmeter_events_rejected_total counter",
         ]
-        for reason, count in sorted(self.rejected_by_reason.items()):
+        # Every reason from the start, at zero: rate() and increase() miss the first
+        # rejection of a series that appears with it (infra/prometheus/ alerts on these).
+        rejected = {str(reason): 0 for reason in Reason} | self.rejected_by_reason
+        for reason, count in sorted(rejected.items()):
             lines.append(
                 f'govmeter_events_rejected_total{{reason="{prometheus_label(reason)}"}} {count}'
             )

@@ -69,8 +69,17 @@ govmeter_events_duplicate_total 2
 # TYPE govmeter_events_rejected_total counter
 govmeter_events_rejected_total{reason="content_not_allowed"} 1
 govmeter_events_rejected_total{reason="invalid_json"} 1
+govmeter_events_rejected_total{reason="schema_violation"} 0
+govmeter_events_rejected_total{reason="too_large"} 0
+govmeter_events_rejected_total{reason="unsupported_schema_version"} 0
 # TYPE govmeter_flushes_total counter
 govmeter_flushes_total 3
+# TYPE govmeter_flushes_refused_total counter
+govmeter_flushes_refused_total 0
+# TYPE govmeter_commits_retried_total counter
+govmeter_commits_retried_total 0
+# TYPE govmeter_flushes_redone_total counter
+govmeter_flushes_redone_total 0
 # TYPE govmeter_store_errors_total counter
 govmeter_store_errors_total 4
 # TYPE govmeter_store_transient_errors_total counter
