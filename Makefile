@@ -50,13 +50,13 @@ demo: setup kafka-start clickhouse-start
 	@echo "  $(BIN)/metering report adoption --month $(shell echo $(DEMO_DAY) | cut -c1-7)"
 	@echo "  a worker that keeps running while you query: $(BIN)/metering worker"
 
-test: setup accessibility-setup
+test: setup accessibility-setup promtool-setup
 	$(BIN)/python -m pytest tests
 
-unit: setup
+unit: setup promtool-setup
 	$(BIN)/python -m pytest tests/unit
 
-integration: setup accessibility-setup
+integration: setup accessibility-setup promtool-setup
 	$(BIN)/python -m pytest tests/integration
 
 # The page tests (tests/accessibility, tests/integration/test_oversight_page.py) need
@@ -66,6 +66,13 @@ accessibility-setup: tests/accessibility/node_modules/axe-core/axe.min.js
 	@command -v chromium >/dev/null || (apt-get update && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) || \
 		{ echo "accessibility-setup: cannot install chromium (apt-get, as root)" >&2; exit 1; }
+
+# tests/unit/test_alert_rules.py and tests/integration/test_alert_rules.py run promtool
+# on infra/prometheus/: Debian's prometheus package, its server kept from starting.
+.PHONY: promtool-setup
+promtool-setup:
+	@command -v promtool >/dev/null || infra/prometheus/install-promtool || \
+		{ echo "promtool-setup: cannot install promtool (Debian's prometheus package, as root)" >&2; exit 1; }
 
 tests/accessibility/node_modules/axe-core/axe.min.js: tests/accessibility/package-lock.json
 	@command -v npm >/dev/null || \
