@@ -135,9 +135,15 @@ class Settings(BaseSettings):
         int, Field(validation_alias=_env("METERING_HEALTH_PORT"), ge=0, le=65535)
     ] = 9464
     worker_name: Annotated[str, Field(validation_alias=_env("METERING_WORKER_NAME"))] = ""
-    # Where writers of one store on this machine share their lock file (the system's
-    # temp dir when empty); every writer of a store must use the same directory.
-    lock_dir: Annotated[str, Field(validation_alias=_env("METERING_LOCK_DIR"))] = ""
+    # Every writer registers in the store and beats this often (server clock). One
+    # silent for writer_timeout_seconds may have a lease it holds taken over; nothing
+    # that decides a count waits for it (docs/several-writers.md).
+    heartbeat_seconds: Annotated[
+        float, Field(validation_alias=_env("METERING_HEARTBEAT_SECONDS"), gt=0, le=60)
+    ] = 2.0
+    writer_timeout_seconds: Annotated[
+        float, Field(validation_alias=_env("METERING_WRITER_TIMEOUT_SECONDS"), ge=1, le=3600)
+    ] = 30.0
     replay_compression: Annotated[
         Literal["none", "gzip", "snappy", "lz4", "zstd"],
         Field(validation_alias=_env("METERING_REPLAY_COMPRESSION")),
@@ -214,6 +220,16 @@ class Settings(BaseSettings):
         if self.clickhouse_mode is not None:
             return self.clickhouse_mode
         return "embedded" if self.clickhouse_url.startswith("chdb://") else "server"
+
+    @model_validator(mode="after")
+    def _timeout_spans_heartbeats(self) -> Settings:
+        if self.writer_timeout_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError(
+                f"METERING_WRITER_TIMEOUT_SECONDS={self.writer_timeout_seconds:g} must be at "
+                f"least three heartbeats (METERING_HEARTBEAT_SECONDS={self.heartbeat_seconds:g}):"
+                " a writer that missed one beat is not silent"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> Settings:

@@ -33,11 +33,13 @@ from store.ledger.chain import (
 
 __all__ = ["VerifyResult", "render_verification", "verify_store"]
 
+# In commit order: the chain runs from each commit to the next (migration 0012; before
+# it, commit_seq is the flush number, which was the order then).
 _LEDGER: Final = """
-SELECT flush_seq, topic, partition, first_offset, last_offset, messages, counted,
-       duplicates, rejected, content_sha256, chain_sha256
+SELECT commit_seq, topic, partition, first_offset, last_offset, messages, counted,
+       duplicates, rejected, content_sha256, chain_sha256, flush_seq
 FROM metering.flush_ledger
-ORDER BY flush_seq, topic, partition
+ORDER BY commit_seq, topic, partition
 """
 
 _EVENTS: Final = """
@@ -139,13 +141,22 @@ def _verify_corrections(client: Client, result: VerifyResult) -> None:
 
 
 def _verify_chain(client: Client, result: VerifyResult) -> None:
-    flushes: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    commits: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
     for row in client.query(_LEDGER).result_rows:
-        flushes[int(row[0])].append(tuple(row))
-    result.flushes = len(flushes)
+        commits[int(row[0])].append(tuple(row))
+    result.flushes = len(commits)
     previous = ""
-    for seq in sorted(flushes):
-        rows = flushes[seq]
+    for commit_seq in sorted(commits):
+        rows = commits[commit_seq]
+        flush_seqs = sorted({int(r[11]) for r in rows})
+        seq = flush_seqs[0]
+        if len(flush_seqs) > 1:
+            result.flush_failures.append(
+                f"commit {commit_seq}: held by {len(flush_seqs)} flushes {flush_seqs} (two "
+                "writers appended the same number: the store did not arbitrate them)"
+            )
+            previous = str(rows[-1][10])
+            continue
         stored = {(str(r[9]), str(r[10])) for r in rows}
         if len(stored) != 1:
             result.flush_failures.append(
@@ -155,7 +166,7 @@ def _verify_chain(client: Client, result: VerifyResult) -> None:
             continue
         stored_content, stored_chain = stored.pop()
         if not stored_content:
-            result.not_chained.append(seq)
+            result.not_chained.append(commit_seq)
             previous = stored_chain
             continue
         result.chained += 1
@@ -204,13 +215,13 @@ def _verify_chain(client: Client, result: VerifyResult) -> None:
                     "a stored field of its counted events, rejections or ledger ranges changed"
                 )
             result.flush_failures.append(
-                f"flush {seq}: content hash differs (stored {stored_content[:16]}..., "
-                f"recomputed {content[:16]}...): {'; '.join(what)}"
+                f"flush {seq} (commit {commit_seq}): content hash differs (stored "
+                f"{stored_content[:16]}..., recomputed {content[:16]}...): {'; '.join(what)}"
             )
         elif chain_sha256(previous, content) != stored_chain:
             result.flush_failures.append(
-                f"flush {seq}: chain hash differs: it does not follow the previous flush's "
-                "chain (a flush before it was removed or replaced)"
+                f"flush {seq} (commit {commit_seq}): chain hash differs: it does not follow "
+                "the previous commit's chain (a flush before it was removed or replaced)"
             )
         previous = stored_chain
 

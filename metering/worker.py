@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib.metadata
 import logging
 import os
 import signal
@@ -16,9 +17,10 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
+from clickhouse_connect.driver.client import Client
 from faust.types import TP
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
@@ -33,15 +35,22 @@ from metering.topics import ensure_topics, partitions_of
 from metering.worker_progress import show_worker_progress
 from schemas.errors import ServiceError
 from store import describe_store
+from store.connection import connect
 from store.corrections import CorrectionStore
-from store.ledger import Ledger, recover
-from store.ledger.writers_lock import WritersLock, lock_path_for, store_identity
+from store.ledger import Janitor, Ledger
+from store.migrations import OlderWritersActiveError
 from store.retention import apply_retention
+from store.writers import Leases, Registry, WriterIdentity
+from store.writers.checks import check_arbitration
 from streams.app import FaustDeadLetterPublisher, attach_pipeline, build_app
-from streams.corrections import CorrectionApplier, CorrectionsReader, recover_corrections
+from streams.corrections import CorrectionApplier, CorrectionsReader, unblock_folds
+from streams.corrections_lease import CorrectionsLease
+from streams.dead_letter import DeadLetterPublisher
 from streams.faults import FaultPlan
+from streams.heartbeat import Heartbeat
 from streams.intake import BatchIntake, CommittedReadProbe, known_earliest
 from streams.metrics import Metrics
+from streams.options import StreamOptions
 from streams.pipeline import MeteringPipeline
 from streams.positions import Positions
 from streams.seen_ids import load_from_store
@@ -72,6 +81,16 @@ def run_worker(settings: Settings, until_idle: float | None = None) -> WorkerSum
 
 
 async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
+    # Everything opened is closed through the stack, in the reverse order, whatever
+    # step fails: the sink's thread, then the heartbeat (its last beat says
+    # "stopped"), then the store client.
+    async with contextlib.AsyncExitStack() as stack:
+        return await _run_in(stack, settings, until_idle)
+
+
+async def _run_in(
+    stack: contextlib.AsyncExitStack, settings: Settings, until_idle: float | None
+) -> WorkerSummary:
     started = time.monotonic()
     ensure_topics(settings)
     warn_if_retention_short(settings)
@@ -103,86 +122,24 @@ async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
         offsets = await app.consumer.earliest_offsets(tp)
         return known_earliest(offsets, tp)
 
-    client = open_for_writing(settings)
-    apply_retention(
-        client,
-        settings.raw_retention_days,
-        settings.clickhouse_cluster if settings.effective_clickhouse_mode == "cluster" else None,
-    )
-    ledger = Ledger(client)
-    faults = FaultPlan.from_environment()
-    correction_store = CorrectionStore(client)
-
-    def recover_store() -> None:
-        recover(ledger)
-        recover_corrections(correction_store, faults)
-
-    # Every writer of this store on this machine shares the lock (see
-    # store.ledger.writers_lock); recovery runs holding it, so it never takes the
-    # staged rows of another writer midway through a flush.
-    lock = WritersLock(
-        lock_path_for(store_identity(client, settings.clickhouse_url), settings.lock_dir or None),
-        on_dirty=recover_store,
-    )
-    with lock.holding():
-        state = recover(ledger)
-        finished = recover_corrections(correction_store, faults)
-    log.info(
-        "store ready",
-        extra={
-            "store": describe_store(settings.clickhouse_url),
-            "next_flush_seq": state.next_flush_seq,
-            "orphan_rows_deleted": state.orphan_rows_deleted,
-            "flushes_reapplied": state.flushes_reapplied,
-            "writers_lock": str(lock.path),
-        },
-    )
-    if finished:
-        log.info("corrections finished at start", extra={"corrections": finished})
-    seen_ids = None
-    if settings.dedupe_filter_mb:
-        began = time.monotonic()
-        seen_ids = load_from_store(ledger, settings.dedupe_filter_mb)
-        log.info(
-            "dedupe filter loaded",
-            extra={
-                "ids": seen_ids.ids_added,
-                "size_mib": settings.dedupe_filter_mb,
-                "seconds": round(time.monotonic() - began, 3),
-            },
-        )
-    sink = ClickHouseSink(
-        ledger,
+    writer = await _open_writer(
+        settings,
+        worker_name,
+        metrics,
         FaustDeadLetterPublisher(app, settings.dlq_topic),
-        next_flush_seq=state.next_flush_seq,
-        worker=worker_name,
-        retry_max_seconds=settings.store_retry_max_seconds,
-        fatal_tries=settings.store_fatal_tries,
-        faults=faults,
-        metrics=metrics,
-        seen_ids=seen_ids,
-        lock=lock,
+        options,
+        stack,
     )
-    # Corrections are applied by the process that owns the store, on the sink's
-    # store thread: one correction at a time, never between a flush's steps.
-    corrections = CorrectionsReader(
-        options.kafka,
-        settings.corrections_topic,
-        CorrectionApplier(
-            correction_store,
-            ledger,
-            sink.run_on_store,
-            worker=worker_name,
-            faults=faults,
-            fatal_tries=settings.store_fatal_tries,
-            retry_max_seconds=settings.store_retry_max_seconds,
-        ),
-        correction_store.resume_positions(),
-        partitions_of(settings, settings.corrections_topic) or [0],
+    client, ledger, sink, corrections = (
+        writer.client,
+        writer.ledger,
+        writer.sink,
+        writer.corrections,
     )
-    positions = Positions(state.resume_offsets)
+    resume = await sink.run_on_store(ledger.resume_positions)
+    positions = Positions(resume)
     expiry = ExpiryRecorder(metrics, client, sink.run_on_store, worker_name)
-    await expiry.check_at_start(settings, state.resume_offsets)
+    await expiry.check_at_start(settings, resume)
     pipeline = MeteringPipeline(
         sink,
         positions,
@@ -192,6 +149,7 @@ async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
         first_readable=gap_probe.first_readable,
     )
     if intake is not None:
+        writer.held = intake.held
         intake.handler = pipeline
         intake.resume_offset = pipeline.positions.next_offset
         intake.on_assigned = pipeline.partitions_assigned
@@ -217,6 +175,8 @@ async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
     if intake_task is not None:
         intake_task.add_done_callback(lambda _: stop.set())
     corrections_task = asyncio.create_task(corrections.run(stop))
+    janitor_task = asyncio.create_task(writer.tend_the_store(stop))
+    janitor_task.add_done_callback(lambda _: stop.set())
     corrections_task.add_done_callback(lambda _: stop.set())
     log.info(
         "worker consuming",
@@ -235,6 +195,10 @@ async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
         corrections_error = corrections_task.exception()
     corrections_task.cancel()
     await asyncio.gather(corrections_task, return_exceptions=True)
+    janitor_task.cancel()
+    janitor_error: BaseException | None = None
+    with contextlib.suppress(asyncio.CancelledError):
+        janitor_error = (await asyncio.gather(janitor_task, return_exceptions=True))[0]
     intake_error: BaseException | None = None
     if intake_task is not None:
         if intake_task.done() and not intake_task.cancelled():
@@ -252,9 +216,6 @@ async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
         await health_server.cleanup()
     pipeline.close()
     await gap_probe.close()
-    sink.close()
-    client.close()
-    lock.close()
     if corrections_error is not None:
         if isinstance(corrections_error, ServiceError):
             raise corrections_error
@@ -262,6 +223,8 @@ async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
             f"reading {settings.corrections_topic} failed: "
             f"{type(corrections_error).__name__}: {corrections_error}"
         ) from corrections_error
+    if isinstance(janitor_error, ServiceError):
+        raise janitor_error
     if intake_error is not None:
         raise IntakeError(
             f"reading {settings.events_topic} failed: {type(intake_error).__name__}: {intake_error}"
@@ -269,6 +232,207 @@ async def _run(settings: Settings, until_idle: float | None) -> WorkerSummary:
     summary = WorkerSummary(time.monotonic() - started, metrics.summary())
     log.info("worker stopped", extra={"seconds": round(summary.seconds, 3), **summary.metrics})
     return summary
+
+
+@dataclass
+class _Writer:
+    """This process as a writer of the store: registered, beating, with its sink."""
+
+    settings: Settings
+    client: Client
+    ledger: Ledger
+    registry: Registry
+    writer_no: int
+    sink: ClickHouseSink
+    corrections: CorrectionsReader
+    lease: CorrectionsLease
+    correction_store: CorrectionStore
+    janitor: Janitor
+    faults: FaultPlan
+    held: Callable[[], list[tuple[str, int]]] = list
+
+    def held_partitions(self) -> list[str]:
+        return [f"{topic}[{partition}]" for topic, partition in self.held()]
+
+    def unblock_folds(self) -> bool:
+        """On the store thread: a corrections lease held by a silent writer is taken over
+        and finished, so folds do not wait for it."""
+        return unblock_folds(self.lease, self.correction_store, self.ledger, self.faults)
+
+    async def tend_the_store(self, stop: asyncio.Event) -> None:
+        """Now and then, on the store thread: fold flushes another writer committed but
+        did not fold, delete staged rows that can never commit, free a lease a silent
+        writer holds (`store.ledger.recovery`)."""
+        sweep_every = max(_ORPHAN_SWEEP_SECONDS, self.settings.writer_timeout_seconds)
+        last_sweep = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _JANITOR_SECONDS)
+            if stop.is_set():
+                return
+            try:
+                await self.sink.run_on_store(self.janitor.fold_stuck)
+                await self.sink.run_on_store(self.unblock_folds)
+                if time.monotonic() - last_sweep >= sweep_every:
+                    last_sweep = time.monotonic()
+                    await self.sink.run_on_store(self.janitor.delete_orphans)
+            except Exception as error:  # the next round tries again; flushes go on
+                log.warning(
+                    "store upkeep failed; trying again",
+                    extra={"error": type(error).__name__, "error_message": str(error)[:300]},
+                )
+
+
+_JANITOR_SECONDS: Final = 5.0
+_ORPHAN_SWEEP_SECONDS: Final = 60.0
+_OLDER_WRITERS_WAIT_SECONDS: Final = 5.0
+
+
+def _migrated_store(settings: Settings) -> Client:
+    """The store, migrated; while writers of a release before store arbitration still
+    commit to it, wait (saying which) instead of migrating under them."""
+    said = ""
+    while True:
+        try:
+            return open_for_writing(settings)
+        except OlderWritersActiveError as waiting:
+            if str(waiting) != said:
+                log.warning("waiting to migrate the store", extra={"why": str(waiting)})
+                said = str(waiting)
+            time.sleep(_OLDER_WRITERS_WAIT_SECONDS)
+
+
+async def _open_writer(
+    settings: Settings,
+    worker_name: str,
+    metrics: Metrics,
+    dead_letters: DeadLetterPublisher,
+    options: StreamOptions,
+    stack: contextlib.AsyncExitStack,
+) -> _Writer:
+    """Open the store as a writer: migrated, able to arbitrate, this writer registered
+    and beating, the work of writers that stopped midway done, the sink ready."""
+    loop = asyncio.get_running_loop()
+    client = await loop.run_in_executor(None, _migrated_store, settings)
+    stack.callback(client.close)
+    apply_retention(
+        client,
+        settings.raw_retention_days,
+        settings.clickhouse_cluster if settings.effective_clickhouse_mode == "cluster" else None,
+    )
+    check_arbitration(client)
+    registry = Registry(client)
+    writer_no = registry.register(
+        WriterIdentity(
+            name=worker_name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            release=_release(),
+            consumer_group=settings.consumer_group,
+        )
+    )
+    ledger = Ledger(client)
+    faults = FaultPlan.from_environment()
+    correction_store = CorrectionStore(client)
+    lease = CorrectionsLease(Leases(client), registry, writer_no, settings.writer_timeout_seconds)
+    janitor = Janitor(ledger)
+    # At start every committed flush not folded yet is folded at once, whoever wrote it
+    # (the same tokens and conditions as its writer's own fold: harmless if it still
+    # folds); a corrections lease of a silent writer is finished.
+    report = janitor.run(fold_after=0)
+    unblock_folds(lease, correction_store, ledger, faults)
+    filter_known = ledger.max_committed_seq()
+    seen_ids = None
+    if settings.dedupe_filter_mb:
+        began = time.monotonic()
+        seen_ids = load_from_store(ledger, settings.dedupe_filter_mb)
+        log.info(
+            "dedupe filter loaded",
+            extra={
+                "ids": seen_ids.ids_added,
+                "size_mib": settings.dedupe_filter_mb,
+                "seconds": round(time.monotonic() - began, 3),
+            },
+        )
+    writer: _Writer | None = None
+
+    async def when_folds_wait() -> None:
+        if writer is not None:
+            await writer.sink.run_on_store(writer.unblock_folds)
+
+    sink = ClickHouseSink(
+        ledger,
+        dead_letters,
+        writer_no=writer_no,
+        worker=worker_name,
+        filter_caught_up_to=filter_known,
+        retry_max_seconds=settings.store_retry_max_seconds,
+        fatal_tries=settings.store_fatal_tries,
+        faults=faults,
+        metrics=metrics,
+        seen_ids=seen_ids,
+        registry=registry,
+        when_folds_wait=when_folds_wait,
+    )
+    # Every writer reads the corrections topic; the corrections lease makes one at a
+    # time apply one, on its sink's store thread, never between a flush's steps.
+    corrections = CorrectionsReader(
+        options.kafka,
+        settings.corrections_topic,
+        CorrectionApplier(
+            correction_store,
+            ledger,
+            lease,
+            sink.run_on_store,
+            worker=worker_name,
+            faults=faults,
+            fatal_tries=settings.store_fatal_tries,
+            retry_max_seconds=settings.store_retry_max_seconds,
+        ),
+        correction_store.resume_positions(),
+        partitions_of(settings, settings.corrections_topic) or [0],
+    )
+    writer = _Writer(
+        settings,
+        client,
+        ledger,
+        registry,
+        writer_no,
+        sink,
+        corrections,
+        lease,
+        correction_store,
+        janitor,
+        faults,
+    )
+    heartbeat = Heartbeat(
+        lambda: connect(settings.clickhouse_url),
+        writer_no,
+        every=settings.heartbeat_seconds,
+        partitions=writer.held_partitions,
+        flushes=lambda: metrics.flushes.value,
+    )
+    heartbeat.start()
+    stack.callback(heartbeat.stop)
+    stack.callback(sink.close)
+    log.info(
+        "store ready",
+        extra={
+            "store": describe_store(settings.clickhouse_url),
+            "writer": registry.describe(writer_no),
+            "writer_no": writer_no,
+            "flushes_folded_for_others": len(report.folded),
+            "orphan_flushes_deleted": len(report.orphan_flushes_deleted),
+        },
+    )
+    return writer
+
+
+def _release() -> str:
+    try:
+        return importlib.metadata.version("govmeter")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _tune_garbage_collector() -> None:
@@ -379,7 +543,9 @@ async def _stop_when_idle(
             quiet_for = time.monotonic() - pipeline.last_activity
             if pipeline.busy or quiet_for < idle_seconds:
                 continue
-            positions = await sink.run_on_store(sink.ledger.resume_positions, locked=False)
+            positions = await sink.run_on_store(sink.ledger.resume_positions)
+            if await sink.run_on_store(sink.ledger.unapplied_flushes):
+                continue  # committed but not folded yet (its writer or the upkeep folds it)
             ledger = {
                 partition: offset
                 for (topic, partition), offset in positions.items()

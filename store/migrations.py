@@ -6,7 +6,17 @@ migration file that changed after it was applied is an error: add a new file ins
 The files are rendered for the deployment (`store/ddl.py`): unchanged for the
 embedded store and a single server, `ON CLUSTER` and Replicated engines for a
 one-shard cluster. Checksums are always taken over the file as written, so the
-record in `metering.schema_migrations` does not depend on the mode it was applied in.
+record in `metering.schema_versions` does not depend on the mode it was applied in.
+
+Releases before migration 0012 kept that record in `metering.schema_migrations` and
+wrote without the store's arbitration between writers. Such a writer must never run
+against a store that other writers share under it: its start-up recovery deleted every
+staged row numbered after its own last flush, which would be other writers' flushes in
+flight. So the record moves, and `metering.schema_migrations` becomes a view that fails
+with a message naming the upgrade: an older release stops at its first read of it, on
+start, before it writes anything. The first writer of this release to migrate such a
+store also waits until no older writer has committed for `LEGACY_QUIET_SECONDS`, and a
+store migrated by a newer release is refused.
 """
 
 from __future__ import annotations
@@ -26,10 +36,15 @@ from store.ledger import APPLY_ROLLUPS, Ledger, fold_unapplied_flushes
 
 __all__ = [
     "BOOKKEEPING",
+    "LEGACY_QUIET_SECONDS",
+    "TRIPWIRE",
     "Migration",
     "MigrationError",
+    "OlderWritersActiveError",
     "apply_migrations",
+    "check_schema_current",
     "load_migrations",
+    "refuse_while_older_writers_commit",
     "render_migrations",
     "rendered_statements",
 ]
@@ -39,9 +54,40 @@ _FILE_NAME = re.compile(r"(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql")
 # The database and the record of applied files, created before any file runs.
 BOOKKEEPING: Final = (
     "CREATE DATABASE IF NOT EXISTS metering",
-    "CREATE TABLE IF NOT EXISTS metering.schema_migrations "
+    "CREATE TABLE IF NOT EXISTS metering.schema_versions "
     "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC')) "
     "ENGINE = MergeTree ORDER BY version",
+)
+
+# What a release before 0012 reads at every start (`SELECT ... FROM
+# metering.schema_migrations`): a view that fails with this message.
+OLDER_RELEASES_STOP_HERE: Final = (
+    "this store is arbitrated between its writers by the store itself (govmeter "
+    "migration 0012_store_arbitration): this release of govmeter predates that and "
+    "cannot write to it or read it safely; upgrade it to the release that migrated "
+    "the store (metering.schema_versions lists what was applied)"
+)
+TRIPWIRE: Final = (
+    "CREATE VIEW IF NOT EXISTS metering.schema_migrations AS "
+    "SELECT toUInt32(0) AS version, '' AS name, '' AS checksum, "
+    "toDateTime64(0, 3, 'UTC') AS applied_at FROM system.one "
+    f"WHERE throwIf(dummy = 0, '{OLDER_RELEASES_STOP_HERE}')"
+)
+
+# A writer of an older release that committed this recently may still be running.
+LEGACY_QUIET_SECONDS: Final = 30
+
+_LEGACY_WRITERS: Final = """
+SELECT worker, max(flush_seq), max(committed_at),
+       dateDiff('millisecond', max(committed_at), now64(3))
+FROM metering.flush_ledger
+WHERE committed_at > now64(3) - toIntervalSecond({quiet:UInt32})
+GROUP BY worker
+ORDER BY worker
+"""
+
+_TABLE_ENGINE: Final = (
+    "SELECT engine FROM system.tables WHERE database = 'metering' AND name = {name:String}"
 )
 
 _SHARDS: Final = """
@@ -53,6 +99,11 @@ WHERE cluster = {cluster:String}
 
 class MigrationError(ServiceError):
     pass
+
+
+class OlderWritersActiveError(MigrationError):
+    """Writers of a release before store arbitration committed to the store lately: it
+    is not migrated while they may run. The message names them."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +159,7 @@ def _bookkeeping(mode: DeploymentMode, cluster: str | None) -> list[str]:
 
 def rendered_statements(mode: DeploymentMode = "embedded", cluster: str | None = None) -> list[str]:
     """Every statement `apply_migrations` can run on a fresh store, in order."""
-    statements = _bookkeeping(mode, cluster)
+    statements = [*_bookkeeping(mode, cluster), _tripwire(mode, cluster)]
     for migration in load_migrations():
         statements.extend(migration.rendered(mode, cluster))
     return statements
@@ -126,9 +177,11 @@ def render_migrations(mode: DeploymentMode = "embedded", cluster: str | None = N
         f"-- govmeter schema for {target[mode]}\n"
         f"-- from store/sql/ by `{command}`.\n"
         "-- Every statement is idempotent. `metering migrate` runs the same statements\n"
-        "-- and records each file in metering.schema_migrations.\n\n"
-        "-- bookkeeping (metering/migrations.py)\n"
+        "-- and records each file in metering.schema_versions.\n\n"
+        "-- bookkeeping (store/migrations.py)\n"
         + "\n\n".join(f"{statement};" for statement in _bookkeeping(mode, cluster))
+        + "\n\n-- releases before 0012 stop at their first read of this view\n"
+        + f"{_tripwire(mode, cluster)};"
     ]
     for migration in load_migrations():
         statements = migration.rendered(mode, cluster)
@@ -169,7 +222,62 @@ def _fold_committed_flushes_first(client: Client) -> None:
         ).result_rows
     }
     if {"flush_ledger", "flush_applied"} <= tables:
-        fold_unapplied_flushes(Ledger(client), tuple(r for r in APPLY_ROLLUPS if r in tables))
+        fold_unapplied_flushes(
+            Ledger(client),
+            tuple(r for r in APPLY_ROLLUPS if r in tables),
+            guarded="store_leases" in tables,
+        )
+
+
+def _tripwire(mode: DeploymentMode, cluster: str | None) -> str:
+    try:
+        return render_statement(TRIPWIRE, mode, cluster)
+    except DDLError as error:
+        raise MigrationError(str(error)) from None
+
+
+def _engine(client: Client, name: str) -> str | None:
+    rows = client.query(_TABLE_ENGINE, parameters={"name": name}).result_rows
+    return str(rows[0][0]) if rows else None
+
+
+def refuse_while_older_writers_commit(client: Client) -> None:
+    """Refuse (naming them) while writers of a release before 0012 committed lately."""
+    if _engine(client, "flush_ledger") is None:
+        return
+    rows = client.query(_LEGACY_WRITERS, parameters={"quiet": LEGACY_QUIET_SECONDS}).result_rows
+    if not rows:
+        return
+    named = "; ".join(
+        f"'{worker}' committed flush {seq} at {str(at)[:23]} UTC, {int(age) / 1000:.1f} s ago"
+        for worker, seq, at, age in rows
+    )
+    raise OlderWritersActiveError(
+        f"writers of an older govmeter release are counting into this store ({named}). "
+        "They do not take part in the store's arbitration between writers (migration "
+        "0012), so the store is not migrated while they may run: stop every writer of "
+        f"the older release; this release migrates the store once none has committed "
+        f"for {LEGACY_QUIET_SECONDS} s"
+    )
+
+
+def _move_the_record(client: Client, mode: DeploymentMode, cluster: str | None) -> None:
+    """Releases before 0012 recorded migrations in metering.schema_migrations: copy the
+    record into schema_versions, then replace the table by the view older releases
+    stop at. Safe to repeat, and to crash midway."""
+    engine = _engine(client, "schema_migrations")
+    if engine == "View":
+        return
+    if engine is not None:
+        refuse_while_older_writers_commit(client)
+        client.command(
+            "INSERT INTO metering.schema_versions "
+            "SELECT version, name, checksum, applied_at FROM metering.schema_migrations "
+            "WHERE version NOT IN (SELECT version FROM metering.schema_versions)"
+        )
+        on_cluster = f" ON CLUSTER '{cluster}'" if mode == "cluster" and cluster else ""
+        client.command(f"DROP TABLE IF EXISTS metering.schema_migrations{on_cluster} SYNC")
+    client.command(_tripwire(mode, cluster))
 
 
 def apply_migrations(
@@ -186,14 +294,17 @@ def apply_migrations(
         _check_one_shard(client, cluster)
     for statement in _bookkeeping(mode, cluster):
         client.command(statement)
+    _move_the_record(client, mode, cluster)
     applied = {
         int(version): str(checksum)
         for version, checksum in client.query(
-            "SELECT version, checksum FROM metering.schema_migrations"
+            "SELECT version, checksum FROM metering.schema_versions"
         ).result_rows
     }
+    known = load_migrations()
+    _refuse_a_newer_store(max(applied, default=0), known)
     newly_applied: list[Migration] = []
-    for migration in load_migrations():
+    for migration in known:
         recorded = applied.get(migration.version)
         if recorded is not None:
             if recorded != migration.checksum:
@@ -207,7 +318,7 @@ def apply_migrations(
         for statement in migration.rendered(mode, cluster):
             client.command(statement)
         client.insert(
-            "metering.schema_migrations",
+            "metering.schema_versions",
             [[migration.version, migration.name, migration.checksum, datetime.now(UTC)]],
             column_names=["version", "name", "checksum", "applied_at"],
         )
@@ -215,12 +326,23 @@ def apply_migrations(
     return newly_applied
 
 
+def _refuse_a_newer_store(version: int, known: list[Migration]) -> None:
+    latest = known[-1]
+    if version > latest.version:
+        raise MigrationError(
+            f"the store's schema is at migration {version}, newer than this release knows "
+            f"(its last is {latest.file_name}): a newer govmeter release migrated it, and "
+            "this one cannot be sure to write it the way that release expects; upgrade "
+            "this writer"
+        )
+
+
 def check_schema_current(client: Client) -> None:
     """For read-only commands: the store has every migration of this release, and no DDL
     is run to get there (a reader never changes the schema)."""
     latest = load_migrations()[-1]
     try:
-        rows = client.query("SELECT max(version) FROM metering.schema_migrations").result_rows
+        rows = client.query("SELECT max(version) FROM metering.schema_versions").result_rows
     except Exception as error:
         if "UNKNOWN_DATABASE" in str(error) or "UNKNOWN_TABLE" in str(error):
             raise MigrationError(

@@ -1,28 +1,33 @@
 """The corrections applier: reads the corrections topic and applies each correction
-exactly once, on the sink's store thread, in numbered steps.
+exactly once, on the sink's store thread, in numbered steps, holding the store's
+corrections lease (`store.writers.leases`: one writer at a time, on any host).
 
-    0. already decided (its id is in metering.corrections)? skip it. Committed
-       corrections not yet rebuilt are finished first (steps c and d).
-       Every committed flush must be folded into the rollups (flush_applied): a
-       rebuild reads the corrected record of committed flushes, so a flush committed
-       but not yet folded would be counted twice. Otherwise wait and ask again.
-    a. write the correction's marks (one per event in scope, the event's state after
-       the correction), tagged with correction_seq = the last committed + 1
+    0. take the corrections lease (wait while a live writer holds it; take it over from
+       a writer whose heartbeats stopped, and finish what that writer left: orphan marks
+       deleted, committed corrections rebuilt). Read the ledger head H: the correction
+       applies to the flushes committed up to H. Fold every flush committed up to H
+       that is not folded yet (folds of flushes committed later wait for the lease, so
+       none of them can be in a rollup key this correction rebuilds). Already decided
+       (its id is in metering.corrections)? skip it.
+    a. write the correction's marks (one per event in scope counted up to H, the event's
+       state after the correction), tagged with correction_seq = the last committed + 1
     b. COMMIT: one row in metering.corrections (who asked, who approved, why, the
-       record's topic, partition and offset, how many events were marked)
+       record's topic, partition and offset, how many events were marked, H)
     c. rebuild every rollup key the marked events touch: delete the rows, insert them
-       again from metering.corrected_events (a token per attempt)
-    d. one row in metering.corrections_applied
+       again from metering.corrected_events of the flushes up to H (a token per attempt)
+    d. one row in metering.corrections_applied; then let go of the lease
+Every write of steps a to d is conditional on the lease's term (the server checks it),
+so a writer that lost the lease while it was paused writes nothing when it resumes.
 A correction that cannot apply (the event was never counted or is already voided, no
 event of the agency in the range, an invalid record with a readable id) is committed as
 refused, with its reason, and its id is never decided again. A record without a
 readable id is logged with its place on the topic and skipped. Neither stops the worker.
 
-Where the process dies decides only which rule applies on restart (`recover`): before
-b, the marks are orphans and are deleted, and the record is read again (the topic
-resumes after the last decided record); after b, c and d are redone. Serialised with
-the flushes: every step of one correction runs in ONE call on the sink's store thread,
-so no flush step can run between the check of step 0 and step d.
+Where the process dies decides only what the next holder of the lease does
+(`finish_corrections`): before b, the marks are orphans and are deleted, and the record
+is read again (the topic resumes after the last decided record); after b, c and d are
+redone with the H the correction recorded. Serialised with this writer's flushes: every
+step of one correction runs in ONE call on the sink's store thread.
 
 Range corrections apply to the events counted when the correction is applied: the
 marks fix the list. An event of that agency and range counted later is not covered.
@@ -49,6 +54,15 @@ from store.corrections.chain import chain_sha256, correction_content_sha256
 from store.corrections.sql import SCOPE_EVENT, SCOPE_RANGE
 from store.ledger import Ledger
 from streams.batch import SourceMessage
+from streams.corrections_lease import (
+    CorrectionsLease,
+    HeldLease,
+    LeaseBusyError,
+    LeaseLostError,
+    finish_corrections,
+    fold_up_to,
+    rebuild_and_mark,
+)
 from streams.faults import FaultPlan
 from streams.options import CONSUMER_ISOLATION, KafkaClientOptions
 from streams.store_failures import classify_store_error
@@ -58,7 +72,7 @@ __all__ = [
     "CorrectionFailureError",
     "CorrectionOutcome",
     "CorrectionsReader",
-    "recover_corrections",
+    "unblock_folds",
 ]
 
 log = logging.getLogger("govmeter.corrections")
@@ -67,15 +81,12 @@ T = TypeVar("T")
 RunOnStore = Callable[[Callable[[], T]], Awaitable[T]]
 Status = Literal["applied", "refused", "already_decided", "unreadable"]
 
-_FLUSHES_PENDING_WAIT: Final = 0.1
+_LEASE_WAIT_FIRST: Final = 0.1
+_LEASE_WAIT_MAX: Final = 2.0
 
 
 class CorrectionFailureError(ServiceError):
     """A correction step failed in a way retrying does not fix; the message says why."""
-
-
-class _FlushesPending(Exception):
-    """A committed flush is not folded into the rollups yet: apply after it."""
 
 
 @dataclass(frozen=True)
@@ -88,44 +99,30 @@ class CorrectionOutcome:
     refused_reason: str = ""
 
 
-def recover_corrections(store: CorrectionStore, faults: FaultPlan | None = None) -> int:
-    """At startup, after the flush recovery: delete orphan marks, finish every committed
-    correction not yet rebuilt. Returns how many were finished."""
-    committed = store.max_seq()
-    orphans = store.orphan_marks(committed)
-    if orphans:
-        store.delete_orphan_marks(committed)
-        log.warning(
-            "deleted marks of a correction that never committed",
-            extra={"orphan_marks": orphans, "after_correction_seq": committed},
+def unblock_folds(
+    lease: CorrectionsLease, store: CorrectionStore, ledger: Ledger, faults: FaultPlan | None = None
+) -> bool:
+    """When the corrections lease is held by a silent writer, take it over, finish what
+    that writer left, and let go: folds wait for nothing else. True if it did."""
+    if not lease.held_by_a_silent_writer():
+        return False
+    try:
+        held = lease.take()
+    except LeaseBusyError:
+        return False
+    plan = faults or FaultPlan()
+    try:
+        finish_corrections(
+            store,
+            ledger,
+            held.term,
+            after_each=lambda step, rollup: plan.maybe_crash_correction(
+                f"after_{step}_{rollup}", 0
+            ),
         )
-    return len(_finish_unapplied(store, faults or FaultPlan(), 0))
-
-
-def _finish_unapplied(store: CorrectionStore, faults: FaultPlan, nth: int) -> list[int]:
-    finished = []
-    for seq, correction_id in store.unapplied():
-        _rebuild_and_mark(store, faults, nth, seq, correction_id)
-        finished.append(seq)
-    if finished:
-        log.warning("finished committed corrections", extra={"correction_seqs": finished})
-    return finished
-
-
-def _rebuild_and_mark(
-    store: CorrectionStore, faults: FaultPlan, nth: int, seq: int, correction_id: str
-) -> int:
-    keys = store.affected_keys(seq)
-    attempt = uuid.uuid4().hex[:12]
-    store.rebuild(
-        keys,
-        f"correction-{correction_id}-{attempt}",
-        after_each=lambda step, rollup: faults.maybe_crash_correction(
-            f"after_{step}_{rollup}", nth
-        ),
-    )
-    store.mark_applied(seq, correction_id, len(keys))
-    return len(keys)
+    finally:
+        lease.release(held)
+    return True
 
 
 class CorrectionApplier:
@@ -135,6 +132,7 @@ class CorrectionApplier:
         self,
         store: CorrectionStore,
         ledger: Ledger,
+        lease: CorrectionsLease,
         run_on_store: RunOnStore[Any],
         *,
         worker: str,
@@ -144,6 +142,7 @@ class CorrectionApplier:
     ) -> None:
         self._store = store
         self._ledger = ledger
+        self._lease = lease
         self._run_on_store = run_on_store
         self._worker = worker
         self._faults = faults or FaultPlan()
@@ -174,10 +173,18 @@ class CorrectionApplier:
                     },
                 )
                 return CorrectionOutcome("unreadable", None)
-            outcome = await self._retry(lambda: self._refuse_invalid(readable, invalid, message))
+            outcome = await self._retry(
+                lambda: self._holding_lease(
+                    lambda held, head: self._refuse_invalid(readable, invalid, message, held, head)
+                )
+            )
         else:
             valid = record
-            outcome = await self._retry(lambda: self._apply(valid, message))
+            outcome = await self._retry(
+                lambda: self._holding_lease(
+                    lambda held, head: self._apply(valid, message, held, head)
+                )
+            )
         if outcome.status == "applied":
             self.applied += 1
         elif outcome.status == "refused":
@@ -197,40 +204,62 @@ class CorrectionApplier:
 
     # -- the steps, on the store thread ------------------------------------------
 
-    def _begin(self, correction_id: str) -> tuple[CorrectionOutcome | None, int]:
-        """Step 0: (an outcome if decided already, the next correction_seq)."""
-        _finish_unapplied(self._store, self._faults, self._started)
-        decided = self._store.decided(correction_id)
-        if decided is not None:
-            return (
-                CorrectionOutcome(
-                    "already_decided",
-                    correction_id,
-                    decided.correction_seq,
-                    refused_reason=decided.refused_reason,
-                ),
-                0,
-            )
-        if self._ledger.unapplied_flushes():
-            raise _FlushesPending
-        committed = self._store.max_seq()
-        if self._store.orphan_marks(committed):
-            self._store.delete_orphan_marks(committed)  # a failed earlier attempt's
-        return None, committed + 1
+    def _holding_lease(
+        self, step: Callable[[HeldLease, int], CorrectionOutcome]
+    ) -> CorrectionOutcome:
+        """Step 0, then `step` under the lease with the ledger head it applies to."""
+        held = self._lease.take()
+        try:
+            finish_corrections(self._store, self._ledger, held.term, self._after_step(0))
+            head = self._ledger.max_committed_seq()
+            fold_up_to(self._ledger, head, held.term)
+            outcome = step(held, head)
+            if not self._lease.still_held(held):
+                raise LeaseLostError("the corrections lease was taken over midway")
+        except Exception:
+            # A failure lets go at once (the next holder finishes what is committed); a
+            # process that dies does not, and its lease is taken over when it is silent.
+            self._lease.release(held)
+            raise
+        self._lease.release(held)
+        return outcome
 
-    def _apply(self, record: CorrectionRecord, message: SourceMessage) -> CorrectionOutcome:
-        decided, seq = self._begin(record.correction_id)
+    def _after_step(self, nth: int) -> Callable[[str, str], None]:
+        return lambda step, rollup: self._faults.maybe_crash_correction(
+            f"after_{step}_{rollup}", nth
+        )
+
+    def _decided(self, correction_id: str) -> CorrectionOutcome | None:
+        decided = self._store.decided(correction_id)
+        if decided is None:
+            return None
+        return CorrectionOutcome(
+            "already_decided",
+            correction_id,
+            decided.correction_seq,
+            refused_reason=decided.refused_reason,
+        )
+
+    def _apply(
+        self, record: CorrectionRecord, message: SourceMessage, held: HeldLease, head: int
+    ) -> CorrectionOutcome:
+        decided = self._decided(record.correction_id)
         if decided is not None:
             return decided
+        seq = self._store.max_seq() + 1
         self._started += 1
         nth = self._started
         refusal = self._refusal(record)
         if refusal:
-            self._commit(record.correction_id, seq, message, record, refused=refusal)
+            self._commit(record.correction_id, seq, message, record, held, head, refused=refusal)
             return CorrectionOutcome("refused", record.correction_id, seq, refused_reason=refusal)
         scope, parameters = _scope(record, seq)
         self._store.write_marks(
-            scope, parameters, f"correction-{record.correction_id}-marks-{uuid.uuid4().hex[:12]}"
+            scope,
+            parameters,
+            f"correction-{record.correction_id}-marks-{uuid.uuid4().hex[:12]}",
+            head=head,
+            term=held.term,
         )
         self._faults.maybe_crash_correction("after_marks", nth)
         marked = self._store.marked(seq)
@@ -239,24 +268,39 @@ class CorrectionApplier:
             seq,
             message,
             record,
+            held,
+            head,
             marked_events=marked.events,
             first_day=marked.first_day,
             last_day=marked.last_day,
         )
         self._faults.maybe_crash_correction("after_commit", nth)
-        keys = _rebuild_and_mark(self._store, self._faults, nth, seq, record.correction_id)
+        keys = rebuild_and_mark(
+            self._store,
+            seq,
+            record.correction_id,
+            head=head,
+            term=held.term,
+            after_each=self._after_step(nth),
+        )
         self._faults.maybe_crash_correction("after_applied", nth)
         return CorrectionOutcome("applied", record.correction_id, seq, marked.events, keys)
 
     def _refuse_invalid(
-        self, correction_id: str, problem: str, message: SourceMessage
+        self,
+        correction_id: str,
+        problem: str,
+        message: SourceMessage,
+        held: HeldLease,
+        head: int,
     ) -> CorrectionOutcome:
-        decided, seq = self._begin(correction_id)
+        decided = self._decided(correction_id)
         if decided is not None:
             return decided
+        seq = self._store.max_seq() + 1
         self._started += 1
         reason = f"invalid record: {problem}"
-        self._commit(correction_id, seq, message, None, refused=reason)
+        self._commit(correction_id, seq, message, None, held, head, refused=reason)
         return CorrectionOutcome("refused", correction_id, seq, refused_reason=reason)
 
     def _refusal(self, record: CorrectionRecord) -> str:
@@ -279,6 +323,8 @@ class CorrectionApplier:
         seq: int,
         message: SourceMessage,
         record: CorrectionRecord | None,
+        held: HeldLease,
+        head: int,
         *,
         refused: str = "",
         marked_events: int = 0,
@@ -312,16 +358,21 @@ class CorrectionApplier:
             "source_offset": message.offset,
             "worker": self._worker,
             "committed_at": now,
+            "ledger_head": head,
         }
         marks = self._store.marks_of(seq) if not refused else []
         row["content_sha256"] = correction_content_sha256(row, marks)
         row["chain_sha256"] = chain_sha256(self._store.chain_head(), row["content_sha256"])
-        self._store.commit(row, f"correction-{correction_id}-commit")
+        self._store.commit(row, f"correction-{correction_id}-commit", term=held.term)
+        decided = self._store.decided(correction_id)
+        if decided is None or decided.correction_seq != seq:
+            raise LeaseLostError(f"correction {correction_id} was not committed under its term")
 
     # -- retries -----------------------------------------------------------------
 
     async def _retry(self, step: Callable[[], CorrectionOutcome]) -> CorrectionOutcome:
         delay = 0.2
+        wait = _LEASE_WAIT_FIRST
         refused = 0
         while True:
             try:
@@ -329,8 +380,10 @@ class CorrectionApplier:
                 return outcome
             except asyncio.CancelledError:
                 raise
-            except _FlushesPending:
-                await asyncio.sleep(_FLUSHES_PENDING_WAIT)
+            except (LeaseBusyError, LeaseLostError) as busy:
+                log.info("correction waits for the corrections lease", extra={"why": str(busy)})
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _LEASE_WAIT_MAX)
                 continue
             except Exception as error:
                 failure = classify_store_error(error)

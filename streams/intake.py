@@ -163,6 +163,10 @@ class BatchIntake:
         # makes that read's spans unknown: it is judged record by record.
         self._assignments += 1
 
+    def held(self) -> list[tuple[str, int]]:
+        """The partitions of the current assignment (for the writer's heartbeat)."""
+        return sorted((tp.topic, tp.partition) for tp in set(self._held))
+
     async def earliest_offset(self, topic: str, partition: int) -> int:
         consumer = self._require_consumer()
         tp = TopicPartition(topic, partition)

@@ -161,7 +161,7 @@ class MeteringPipeline:
         there) and, with `seek`, move the consumer there; a partition the ledger never
         saw starts at the broker's earliest offset again."""
         if ledger is None:
-            ledger = await self.sink.run_on_store(self.sink.ledger.resume_positions, locked=False)
+            ledger = await self.sink.run_on_store(self.sink.ledger.resume_positions)
         for tp in sorted(set(partitions)):
             at = ledger.get(tp)
             if at is None:

@@ -1,29 +1,39 @@
 """The ClickHouse sink: one flush per batch, written as numbered steps.
 
-    0. take the writers' lock (`store.ledger.writers_lock`) and catch up with what other
-       writers committed: the last flush number and chain hash, their ids into the
-       dedupe filter; refuse the flush (`StaleFlushError`, nothing written) if the
-       ledger of one of its partitions is no longer where this writer read it from
+    0. catch up with what other writers committed since this one last looked (their
+       ledger rows and chain, their ids into the dedupe filter), and refuse the flush
+       (`StaleFlushError`, nothing written) if the ledger of one of its partitions is no
+       longer where this writer read it from
     1. look up which event ids were already counted (committed flushes only); an
        in-memory filter of committed ids clears most of them, the store judges the rest
-    2. stage the newly counted events and the rejections, tagged with the flush
+    2. stage the newly counted events and the rejections, tagged with the flush's own
+       number (writer_no * 10^9 + n: no other writer ever uses it)
     3. publish the dead-letter copies and wait for the broker's acknowledgement
-    4. COMMIT: write the flush's ledger rows (one insert: all or nothing), each carrying
-       the sha256 of the flush's staged rows and ranges, chained to the previous flush's
-       (`store.ledger.chain`; `metering verify` recomputes both from the store)
-    5. fold the flush into every rollup (INSERT ... SELECT with a token per flush)
-    6. mark the flush applied, and let go of the lock
+    4. COMMIT: append the flush's ledger rows at commit_seq = head + 1 (one conditional
+       insert: all or nothing, and only if nobody holds that number yet). Each row
+       carries the sha256 of the flush's staged rows and ranges, chained to the previous
+       commit's (`store.ledger.chain`; `metering verify` recomputes both). If another
+       writer's commit took the number first, catch up again: refuse the flush if that
+       commit counted one of its partitions; start over from step 1 under a new number
+       if it counted one of its events (exactly one copy counts: the one committed
+       first); else append at the new head.
+    5. fold the flush into every rollup (INSERT ... SELECT with a token per flush and
+       rollup, conditional on the flush not being marked applied and on no correction
+       being applied meanwhile: the corrections lease)
+    6. mark the flush applied (conditional the same way; steps 5 and 6 wait while a
+       correction holds the lease)
   and only then may the stream acknowledge the messages (Kafka offsets trail the ledger).
-With several writers the lock makes steps 1 to 6 of one flush run alone, so flush
-numbers and the chain stay one order, the lookup sees every committed flush, and
-staged rows without a ledger row belong to the holder (or to a holder that died: the
-next one recovers the store first). A single writer takes the same lock uncontended.
+Nothing here needs a lock or the other writers' host: the store orders commits, and
+each writer checks its own flush against every commit before its own.
 
-Where the process dies decides only which recovery rule applies on restart:
-  - before step 4: the flush never happened; its staged rows are orphans and are
-    deleted, the messages are read again (the ledger has not moved);
-  - after step 4: the flush happened; steps 5 and 6 are redone with the same tokens,
-    which ClickHouse deduplicates; the messages are skipped as already counted.
+Where the process dies decides only what the next writer to look does (any writer of
+the store, on any host: `store.ledger.recovery`):
+  - before step 4: the flush never happened; its staged rows are orphans, deleted once
+    the ledger resumes one of their partitions past them (then no writer could commit
+    them any more); the messages are read again (the ledger has not moved);
+  - after step 4: the flush happened; steps 5 and 6 are redone by any writer with the
+    same tokens and conditions, which makes a repeat a no-op; the messages are skipped
+    as already counted.
 A step that fails is judged by `streams.store_failures`: a transient failure (store
 down or restarting, a timeout, TOO_MANY_PARTS) is retried with backoff, with the same
 flush number and tokens, for as long as it takes; nothing is acknowledged meanwhile.
@@ -37,6 +47,7 @@ its errors, and is counted and logged apart from the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import uuid
@@ -45,20 +56,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from schemas.errors import ServiceError
-from store.ledger import COUNTED_EVENT_COLUMNS, Ledger, Positions
+from store.ledger import COUNTED_EVENT_COLUMNS, Commit, CommittedRange, Ledger, Positions
 from store.ledger.chain import (
     ChainedRange,
     ChainedRejection,
     chain_sha256,
     content_lines,
 )
-from store.ledger.writers_lock import WritersLock
+from store.writers import Registry, flush_number
 from streams.batch import ClassifiedBatch, PartitionRange, RejectedMessage, ValidMessage
 from streams.content_digest import counted_event_lines
 from streams.dead_letter import DeadLetterPublisher, dead_letter_for
@@ -70,6 +81,7 @@ from streams.store_failures import Failure, classify_publish_error, classify_sto
 from streams.valid_events import ValidEvents
 
 __all__ = [
+    "ArbitrationError",
     "ClickHouseSink",
     "DeadLetterFailureError",
     "FlushResult",
@@ -94,14 +106,17 @@ class DeadLetterFailureError(ServiceError):
 
 class StaleFlushError(Exception):
     """Another writer counted in a partition of this flush since it was read: the flush
-    wrote nothing; read its partitions again from `ledger` (where the ledger resumes
+    is not counted; read its partitions again from `ledger` (where the ledger resumes
     each partition now; a partition missing from it was never counted)."""
 
-    def __init__(self, stale: Sequence[tuple[str, int]], ledger: Positions) -> None:
+    def __init__(
+        self, stale: Sequence[tuple[str, int]], ledger: Positions, by: Sequence[str] = ()
+    ) -> None:
         self.stale = list(stale)
         self.ledger = dict(ledger)
         where = ", ".join(f"{topic}[{partition}]" for topic, partition in self.stale)
-        super().__init__(f"the ledger moved in {where} since this writer read it")
+        who = f" ({'; '.join(by)})" if by else ""
+        super().__init__(f"the ledger moved in {where} since this writer read it{who}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,7 @@ class FlushResult:
     counted: int
     duplicates: int
     rejected: int
+    commit_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,24 @@ class _Lookup:
         ]
 
 
+class _CountedMeanwhile(Exception):
+    """A commit that took this flush's number counted some of its events: the flush
+    starts over from step 1 under a new number (its staged rows are deleted)."""
+
+
+# How many times a commit may find its number neither taken by another flush nor its
+# own before the store is judged unable to arbitrate (it does not keep tokens, or a
+# condition does not hold the way the protocol needs).
+_EMPTY_COMMITS: Final = 3
+_FOLD_WAIT_FIRST: Final = 0.05
+_FOLD_WAIT_MAX: Final = 1.0
+
+
+class ArbitrationError(ServiceError):
+    """The store does not arbitrate between writers as the protocol needs: nothing was
+    counted; the message says why and what to do."""
+
+
 class ClickHouseSink:
     """Writes flushes to one store. Store calls run on one dedicated thread."""
 
@@ -143,20 +177,24 @@ class ClickHouseSink:
         ledger: Ledger,
         dead_letters: DeadLetterPublisher,
         *,
-        next_flush_seq: int,
+        writer_no: int,
         worker: str,
+        filter_caught_up_to: int = 0,
         retry_max_seconds: float = 30.0,
         fatal_tries: int = DEFAULT_FATAL_TRIES,
         retry_first_seconds: float = 0.2,
         faults: FaultPlan | None = None,
         metrics: Metrics | None = None,
         seen_ids: SeenIdFilter | None = None,
-        lock: WritersLock | None = None,
+        registry: Registry | None = None,
+        when_folds_wait: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        if writer_no <= 0:
+            raise ValueError(f"a sink needs a registered writer number, not {writer_no}")
         self._ledger = ledger
-        self._lock = lock
         self._dead_letters = dead_letters
-        self._next_seq = next_flush_seq
+        self._writer_no = writer_no
+        self._nth = 0
         self._worker = worker
         self._run_id = uuid.uuid4().hex[:12]
         self._retry_max = retry_max_seconds
@@ -166,15 +204,20 @@ class ClickHouseSink:
         self._retry_first = retry_first_seconds
         self._faults = faults or FaultPlan()
         self._metrics = metrics or Metrics()
+        self._registry = registry
+        self._when_folds_wait = when_folds_wait
         self._flushes_started = 0
-        # Ids of committed flushes; None looks every id up in the store.
+        self._letters_pending = True  # the flush under way has not published them yet
+        # Ids of committed flushes; None looks every id up in the store. It holds every
+        # id committed up to `filter_caught_up_to` (read before the filter was loaded).
         self._seen_ids = seen_ids
-        # The last flush whose ids the filter holds (the filter was loaded up to the
-        # last committed flush before this one); later flushes are other writers'.
-        self._known_seq = next_flush_seq - 1
-        # The chain hash of the last committed flush; read from the ledger at the first
-        # flush (after recovery), then carried from commit to commit.
-        self._chain_head: str | None = None
+        self._filter_known = filter_caught_up_to
+        # What this writer knows of the ledger: every commit up to `_known`, the chain
+        # hash of that commit, and where the ledger resumes each partition after it.
+        self._synced = False
+        self._known = 0
+        self._chain_head = ""
+        self._positions: Positions = {}
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
 
     def close(self) -> None:
@@ -184,56 +227,87 @@ class ClickHouseSink:
     def ledger(self) -> Ledger:
         return self._ledger
 
-    async def run_on_store(self, call: Callable[[], T], *, locked: bool = True) -> T:
-        """Run a store call on the sink's thread (serialised with flushes), holding the
-        writers' lock unless `locked` is False (a read that may see another writer
-        midway, like the idle check's positions)."""
-        lock = self._lock
-        if lock is None or not locked:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+    @property
+    def writer_no(self) -> int:
+        return self._writer_no
 
-        def holding() -> T:
-            with lock.holding():
-                return call()
-
-        return await asyncio.get_running_loop().run_in_executor(self._thread, holding)
+    async def run_on_store(self, call: Callable[[], T]) -> T:
+        """Run a store call on the sink's thread (serialised with flushes)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
     async def flush(self, batch: ClassifiedBatch) -> FlushResult:
-        """Flush one batch (steps 0 to 6); `StaleFlushError` if step 0 refuses it."""
+        """Flush one batch (steps 0 to 6); `StaleFlushError` if it is refused."""
         self._flushes_started += 1
         self._faults.flush_started(self._flushes_started)
-        lock = self._lock
-        if lock is not None:
-            await self._store("take the writers' lock", lock.acquire)
-        clean = False
         try:
-            result = await self._flush_holding_lock(batch)
-            clean = True
-            return result
+            return await self._flush(batch)
         except StaleFlushError:
-            clean = True  # nothing was written
             self._metrics.flushes_refused.inc()
             raise
-        finally:
-            if lock is not None:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._thread, lambda: lock.release(clean=clean)
-                )
 
-    async def _flush_holding_lock(self, batch: ClassifiedBatch) -> FlushResult:
+    async def _flush(self, batch: ClassifiedBatch) -> FlushResult:
         # 0. What other writers committed since this one last looked; refuse the flush
         #    if one of them counted in a partition of this batch.
         await self._store("catch up with the ledger", lambda: self._catch_up(batch))
-        seq = self._next_seq
-        self._next_seq += 1
-        now = datetime.now(UTC)
-        token = f"flush-{seq}-{self._run_id}"
         clock = asyncio.get_running_loop().time
         started = clock()
         timings: dict[str, float] = {}
 
         def lap(step: str) -> None:
             timings[step] = round(clock() - started - sum(timings.values()), 4)
+
+        self._letters_pending = True
+        # Steps 1 to 4; again under a new number when a commit before this flush's
+        # counted some of its events.
+        while True:
+            try:
+                seq, lookup, commit_seq = await self._count(batch, lap)
+            except _CountedMeanwhile:
+                self._metrics.flushes_redone.inc()
+                continue
+            break
+        self._faults.maybe_crash("after_commit", seq)
+        lap("commit")
+
+        # 5 and 6. Fold the flush into the rollups, then mark it applied.
+        await self._fold(seq)
+        self._faults.maybe_crash("after_apply", seq)
+        lap("apply")
+
+        new = lookup.new
+        result = FlushResult(
+            flush_seq=seq,
+            messages=batch.messages,
+            counted=len(new),
+            duplicates=len(batch.valid) - len(new) + len(batch.in_batch_duplicates),
+            rejected=len(batch.rejected),
+            commit_seq=commit_seq,
+        )
+        seconds = clock() - started
+        self._metrics.record_flush(result, batch, seconds)
+        log.info(
+            "flush committed",
+            extra={
+                "flush_seq": seq,
+                "commit_seq": commit_seq,
+                "messages": result.messages,
+                "counted": result.counted,
+                "duplicates": result.duplicates,
+                "rejected": result.rejected,
+                "ids_looked_up": lookup.asked,
+                "seconds": round(seconds, 4),
+                "step_seconds": timings,
+            },
+        )
+        return result
+
+    async def _count(
+        self, batch: ClassifiedBatch, lap: Callable[[str], None]
+    ) -> tuple[int, _Lookup, int]:
+        """Steps 1 to 4 under a new flush number: (the number, the lookup, the commit)."""
+        seq = self._next_flush_seq()
+        now = datetime.now(UTC)
+        token = f"flush-{seq}-{self._run_id}"
 
         # 1. Which of the batch's event ids were counted before (by any partition)?
         #    The filter clears most ids in memory; the store judges the rest.
@@ -261,116 +335,232 @@ class ClickHouseSink:
         self._faults.maybe_crash("after_stage", seq)
         lap("stage")
 
-        # 3. Dead-letter copies, acknowledged by the broker before the commit.
-        if batch.rejected:
+        # 3. Dead-letter copies, acknowledged by the broker before the commit (once per
+        #    batch, even when the flush starts over under a new number).
+        if batch.rejected and self._letters_pending:
             letters = [dead_letter_for(r, now) for r in batch.rejected]
             await self._retry(
                 "publish dead letters",
                 lambda: self._dead_letters.publish(letters),
                 kind="dead_letters",
             )
+        self._letters_pending = False
         self._faults.maybe_crash("after_dead_letters", seq)
         lap("dead_letters")
 
-        # 4. COMMIT POINT: the ledger rows of every partition, in one insert, each with
-        #    the content hash of exactly the rows staged in step 2 and the ranges, and
-        #    that hash chained to the last committed flush's (read in step 0).
-        if self._chain_head is None:
-            self._chain_head = await self._store("read chain head", self._ledger.chain_head)
+        # 4. COMMIT POINT: the ledger rows of every partition, in one conditional append
+        #    at the head + 1, each with the content hash of exactly the rows staged in
+        #    step 2 and the ranges, chained to the commit before it.
         ranges = lookup.ranges(batch)
         content = flush_content_sha256(new, batch.rejected, ranges)
-        chain = chain_sha256(self._chain_head, content)
-        ledger_rows = [
-            [
-                seq,
-                r.topic,
-                r.partition,
-                r.first_offset,
-                r.last_offset,
-                r.messages,
-                r.counted,
-                r.duplicates,
-                r.rejected,
-                self._worker,
-                now,
-                content,
-                chain,
+        commit_seq = await self._commit(batch, seq, lookup, ranges, content)
+        return seq, lookup, commit_seq
+
+    def _next_flush_seq(self) -> int:
+        self._nth += 1
+        return flush_number(self._writer_no, self._nth)
+
+    async def _commit(
+        self,
+        batch: ClassifiedBatch,
+        seq: int,
+        lookup: _Lookup,
+        ranges: Sequence[PartitionRange],
+        content: str,
+    ) -> int:
+        """Step 4: append at the head + 1 until this flush holds a commit number;
+        returns it. `StaleFlushError` or `_CountedMeanwhile` when a commit that came
+        first makes this flush wrong (its staged rows are deleted first)."""
+        empty = 0
+        while True:
+            commit_seq = self._known + 1
+            chain = chain_sha256(self._chain_head, content)
+            rows = [
+                {
+                    "flush_seq": seq,
+                    "topic": r.topic,
+                    "partition": r.partition,
+                    "first_offset": r.first_offset,
+                    "last_offset": r.last_offset,
+                    "messages": r.messages,
+                    "counted": r.counted,
+                    "duplicates": r.duplicates,
+                    "rejected": r.rejected,
+                    "worker": self._worker,
+                    "writer_no": self._writer_no,
+                    "content_sha256": content,
+                    "chain_sha256": chain,
+                }
+                for r in ranges
             ]
-            for r in ranges
-        ]
-        await self._store(
-            "commit flush", lambda: self._ledger.commit(ledger_rows, f"{token}-ledger")
-        )
-        self._chain_head = chain
-        self._known_seq = seq
-        if self._seen_ids is not None:
-            self._seen_ids.add(lookup.new_halves)
-        self._faults.maybe_crash("after_commit", seq)
-        lap("commit")
+            holders = await self._store(
+                "commit flush", functools.partial(self._ledger.append, commit_seq, rows)
+            )
+            if holders == [Commit(seq, self._writer_no)]:
+                self._known = commit_seq
+                self._chain_head = chain
+                for r in ranges:
+                    self._positions[(r.topic, r.partition)] = r.last_offset + 1
+                if self._seen_ids is not None:
+                    self._seen_ids.add(lookup.new_halves)
+                return commit_seq
+            if any(holder.flush_seq == seq for holder in holders):
+                raise ArbitrationError(
+                    f"commit number {commit_seq} holds flush {seq} beside "
+                    f"{[h.flush_seq for h in holders if h.flush_seq != seq]}: the store "
+                    "stored two appends of one number, so it does not deduplicate "
+                    "metering.flush_ledger's inserts (check its deduplication window, "
+                    "docs/several-writers.md); stop every writer and run `metering verify`"
+                )
+            if not holders:
+                empty += 1
+                if empty >= _EMPTY_COMMITS:
+                    raise ArbitrationError(
+                        f"the commit of flush {seq} at commit number {commit_seq} was "
+                        f"neither stored nor taken by another flush, {empty} times: the "
+                        "store does not evaluate the commit's condition as the protocol "
+                        "needs (docs/several-writers.md); nothing of this flush counts"
+                    )
+            else:
+                self._metrics.commits_retried.inc()
+            await self._store(
+                "catch up after a commit that came first",
+                lambda: self._recheck(batch, seq, lookup),
+            )
 
-        # 5 and 6. Fold the flush into the rollups, then mark it applied.
-        await self._store(
-            "apply rollups",
-            lambda: self._ledger.apply(
-                seq, after_each=lambda name: self._faults.maybe_crash(f"after_apply_{name}", seq)
-            ),
-        )
-        self._faults.maybe_crash("after_apply", seq)
-        lap("apply")
+    def _recheck(self, batch: ClassifiedBatch, seq: int, lookup: _Lookup) -> None:
+        """On the store thread, after another flush took the number this one tried:
+        catch up, then refuse the flush if a commit before it counted one of its
+        partitions or one of its events."""
+        caught = self._advance()
+        others = [row for row in caught if row.writer_no != self._writer_no]
+        try:
+            self._refuse_if_stale(batch, others)
+        except StaleFlushError:
+            self._ledger.delete_flushes([seq])
+            raise
+        if not lookup.new or not others:
+            return
+        ids = lookup.new.events.event_id
+        if self._seen_ids is None:
+            ask = list(ids)
+        else:
+            maybe = self._seen_ids.maybe_seen(lookup.new_halves)
+            ask = [ids[row] for row in np.flatnonzero(maybe).tolist()]
+        counted = self._ledger.already_counted(ask)
+        if counted:
+            log.info(
+                "flush starts over: a commit before it counted some of its events",
+                extra={"flush_seq": seq, "events_counted_meanwhile": len(counted)},
+            )
+            self._ledger.delete_flushes([seq])
+            raise _CountedMeanwhile
 
-        result = FlushResult(
-            flush_seq=seq,
-            messages=batch.messages,
-            counted=len(new),
-            duplicates=len(batch.valid) - len(new) + len(batch.in_batch_duplicates),
-            rejected=len(batch.rejected),
-        )
-        seconds = clock() - started
-        self._metrics.record_flush(result, batch, seconds)
-        log.info(
-            "flush committed",
-            extra={
-                "flush_seq": seq,
-                "messages": result.messages,
-                "counted": result.counted,
-                "duplicates": result.duplicates,
-                "rejected": result.rejected,
-                "ids_looked_up": lookup.asked,
-                "seconds": round(seconds, 4),
-                "step_seconds": timings,
-            },
-        )
-        return result
+    async def _fold(self, seq: int) -> None:
+        """Steps 5 and 6, until the flush is marked applied (they wait while another
+        writer applies a correction: it holds the corrections lease)."""
+        delay = _FOLD_WAIT_FIRST
+        waited = False
+        while True:
+            applied = await self._store(
+                "apply rollups",
+                lambda: self._ledger.apply(
+                    seq,
+                    after_each=lambda name: self._faults.maybe_crash(f"after_apply_{name}", seq),
+                ),
+            )
+            if applied:
+                if waited:
+                    log.info("flush folded after the correction", extra={"flush_seq": seq})
+                return
+            if not waited:
+                log.info(
+                    "flush fold waits for a correction being applied", extra={"flush_seq": seq}
+                )
+                waited = True
+            if self._when_folds_wait is not None:
+                await self._when_folds_wait()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _FOLD_WAIT_MAX)
 
     # -- store access -------------------------------------------------------
 
-    def _catch_up(self, batch: ClassifiedBatch) -> None:
-        """Step 0 on the store thread, holding the lock: number this flush after the last
-        committed one, chain it to that one, put other writers' ids into the filter,
-        and check that every partition's ledger is where the batch was read from."""
-        last, head = self._ledger.head()
-        if last > self._known_seq:  # other writers committed since this one last looked
-            if self._seen_ids is not None:
+    def _advance(self) -> list[CommittedRange]:
+        """Read every commit after the last one this writer knows (in order, up to the
+        first gap), and take in their positions, chain and ids."""
+        if not self._synced:
+            self._known, self._chain_head = self._ledger.head()
+            self._positions = self._ledger.resume_positions()
+            if self._seen_ids is not None and self._known > self._filter_known:
                 self._seen_ids.add(
-                    halves_of(self._ledger.committed_id_halves(self._known_seq + 1, last + 1))
+                    halves_of(
+                        self._ledger.committed_id_halves(self._filter_known + 1, self._known + 1)
+                    )
                 )
-            self._known_seq = last
-        self._next_seq = max(self._next_seq, last + 1)
-        self._chain_head = head
+            self._synced = True
+        caught: list[CommittedRange] = []
+        expected = self._known + 1
+        for row in self._ledger.commits_since(self._known):
+            if row.commit_seq > expected:
+                break  # not yet visible here (a replica behind): the next look reads it
+            if row.commit_seq == expected:
+                expected += 1
+            caught.append(row)
+            key = (row.topic, row.partition)
+            self._positions[key] = max(self._positions.get(key, 0), row.last_offset + 1)
+            self._chain_head = row.chain_sha256
+            self._known = row.commit_seq
+        flushes = sorted({row.flush_seq for row in caught if row.writer_no != self._writer_no})
+        if self._seen_ids is not None and flushes:
+            self._seen_ids.add(halves_of(self._ledger.id_halves_of(flushes)))
+        return caught
+
+    def _catch_up(self, batch: ClassifiedBatch) -> None:
+        """Step 0 on the store thread: catch up, then check that every partition's ledger
+        is where the batch was read from."""
+        caught = self._advance()
+        self._refuse_if_stale(batch, [row for row in caught if row.writer_no != self._writer_no])
+
+    def _refuse_if_stale(self, batch: ClassifiedBatch, others: Sequence[CommittedRange]) -> None:
         if not batch.read_from:
             return
-        ledger = self._ledger.resume_positions()
-        stale = [tp for tp, read_from in batch.read_from.items() if ledger.get(tp) != read_from]
-        if stale:
-            log.warning(
-                "flush refused: another writer counted in its partitions since they were read",
-                extra={
-                    "partitions": [f"{topic}[{partition}]" for topic, partition in stale],
-                    "read_from": [batch.read_from[tp] for tp in stale],
-                    "ledger_resumes_at": [ledger.get(tp) for tp in stale],
-                },
-            )
-            raise StaleFlushError(stale, ledger)
+        stale = [
+            tp for tp, read_from in batch.read_from.items() if self._positions.get(tp) != read_from
+        ]
+        if not stale:
+            return
+        by = self._who_counted(stale, others)
+        log.warning(
+            "flush refused: another writer counted in its partitions since they were read",
+            extra={
+                "partitions": [f"{topic}[{partition}]" for topic, partition in stale],
+                "read_from": [batch.read_from[tp] for tp in stale],
+                "ledger_resumes_at": [self._positions.get(tp) for tp in stale],
+                "counted_by": by,
+            },
+        )
+        raise StaleFlushError(stale, self._positions, by)
+
+    def _who_counted(
+        self, stale: Sequence[tuple[str, int]], others: Sequence[CommittedRange]
+    ) -> list[str]:
+        """The writers whose commits moved the stale partitions (as messages name them)."""
+        numbers = {row.writer_no for row in others if (row.topic, row.partition) in stale}
+        for topic, partition in stale:
+            if not any((row.topic, row.partition) == (topic, partition) for row in others):
+                last = self._ledger.last_writer_of(topic, partition)
+                if last is not None:
+                    numbers.add(last)
+        writers = sorted(numbers)
+        if self._registry is None:
+            return [f"writer {number}" for number in writers]
+        named = []
+        for number in writers:
+            try:
+                named.append(self._registry.describe(number))
+            except Exception:  # naming is a courtesy; the refusal stands without it
+                named.append(f"writer {number}")
+        return named
 
     def _look_up(self, batch: ClassifiedBatch) -> _Lookup:
         """Step 1 on the store thread: ask the store about the ids the filter cannot
@@ -425,7 +615,7 @@ class ClickHouseSink:
         while True:
             try:
                 return await attempt()
-            except (asyncio.CancelledError, StaleFlushError):
+            except (asyncio.CancelledError, StaleFlushError, _CountedMeanwhile):
                 raise
             except Exception as error:
                 failures += 1

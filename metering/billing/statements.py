@@ -294,7 +294,7 @@ def store_moment(client: Client) -> StoreMoment:
         ledger.max_committed_seq(),
         tuple(ledger.unapplied_flushes()),
         corrections.max_seq(),
-        tuple(corrections.unapplied()),
+        tuple((seq, correction_id) for seq, correction_id, _ in corrections.unapplied()),
     )
 
 

@@ -9,13 +9,15 @@ from typing import Final
 
 from schemas.events import AGENCY_ID, TENANT
 from store.ledger.sql import APPLY_ROLLUPS
+from store.writers import CORRECTIONS_LEASE, lease_allows
 
 __all__ = [
     "AFFECTED_KEYS",
+    "APPLIED_COLUMNS",
     "CHAIN_HEAD",
     "CORRECTION_COLUMNS",
+    "CORRECTION_TYPES",
     "DECIDED",
-    "DELETE_ORPHAN_MARKS",
     "EVENT_STATE",
     "MARKED",
     "MARKS_OF",
@@ -29,8 +31,11 @@ __all__ = [
     "SCOPE_RANGE",
     "UNAPPLIED",
     "RollupKey",
+    "committed_up_to",
     "delete_keys_sql",
+    "delete_orphan_marks_sql",
     "first_counted_source",
+    "holding",
     "marks_sql",
     "rebuild_keys_sql",
 ]
@@ -60,7 +65,59 @@ CORRECTION_COLUMNS: Final = (
     "committed_at",
     "content_sha256",
     "chain_sha256",
+    "ledger_head",
 )
+
+# Their types, for the commit's conditional insert (`store.conditional_insert`).
+CORRECTION_TYPES: Final = {
+    "correction_id": "String",
+    "correction_seq": "UInt64",
+    "status": "String",
+    "refused_reason": "String",
+    "action": "String",
+    "reason": "String",
+    "requested_by": "String",
+    "approved_by": "String",
+    "requested_at": "DateTime64(3, 'UTC')",
+    "event_id": "String",
+    "scope_agency_id": "String",
+    "scope_from": "Nullable(DateTime64(3, 'UTC'))",
+    "scope_to": "Nullable(DateTime64(3, 'UTC'))",
+    "amendments": "String",
+    "events_marked": "UInt64",
+    "first_day": "Nullable(Date)",
+    "last_day": "Nullable(Date)",
+    "source_topic": "String",
+    "source_partition": "UInt32",
+    "source_offset": "UInt64",
+    "worker": "String",
+    "committed_at": "DateTime64(3, 'UTC')",
+    "content_sha256": "String",
+    "chain_sha256": "String",
+    "ledger_head": "UInt64",
+}
+
+APPLIED_COLUMNS: Final = (
+    ("correction_seq", "UInt64"),
+    ("correction_id", "String"),
+    ("keys_rebuilt", "UInt64"),
+    ("applied_at", "DateTime64(3, 'UTC')"),
+)
+
+
+def holding(term: int) -> str:
+    """The condition every write of a correction carries: the corrections lease is still
+    held under `term` when the server runs the statement."""
+    return lease_allows(CORRECTIONS_LEASE, term)
+
+
+def committed_up_to(head: int) -> str:
+    """Events of flushes committed up to commit number `head` (a fragment)."""
+    return (
+        "flush_seq IN (SELECT flush_seq FROM metering.flush_ledger "
+        f"WHERE commit_seq <= {int(head)})"
+    )
+
 
 # Step b's hash (store/corrections/chain.py): the marks of one correction as committed.
 MARKS_OF: Final = """
@@ -96,12 +153,17 @@ GROUP BY source_topic, source_partition
 ORPHAN_MARKS: Final = (
     "SELECT count() FROM metering.correction_marks WHERE correction_seq > {seq:UInt64}"
 )
-DELETE_ORPHAN_MARKS: Final = (
-    "ALTER TABLE metering.correction_marks DELETE WHERE correction_seq > {seq:UInt64}"
-)
+
+
+def delete_orphan_marks_sql(term: int) -> str:
+    return (
+        "DELETE FROM metering.correction_marks WHERE correction_seq > {seq:UInt64} "
+        f"AND {holding(term)} SETTINGS lightweight_deletes_sync = 2"
+    )
+
 
 UNAPPLIED: Final = """
-SELECT correction_seq, correction_id
+SELECT correction_seq, correction_id, ledger_head
 FROM metering.corrections
 WHERE status = 'applied'
   AND correction_seq NOT IN (SELECT correction_seq FROM metering.corrections_applied)
@@ -138,7 +200,7 @@ SELECT event_id, {{seq:UInt64}}, {{correction_id:String}}, {{action:String}},
        if({{set_out:UInt8}}, {{tokens_out_new:UInt32}}, tokens_out),
        now64(3)
 FROM metering.corrected_events
-WHERE {scope}
+WHERE ({scope}) AND {head} AND {guard}
 """
 
 SCOPE_EVENT: Final = "event_id = {event_id:UUID}"
@@ -148,8 +210,12 @@ SCOPE_RANGE: Final = (
 )
 
 
-def marks_sql(scope: str, token: str) -> str:
-    return _MARKS.format(scope=scope, token=_literal(token))
+def marks_sql(scope: str, token: str, *, head: int, term: int) -> str:
+    """Step a: the marks of the events in scope counted up to commit `head`, written
+    only while the lease is held under `term`."""
+    return _MARKS.format(
+        scope=scope, token=_literal(token), head=committed_up_to(head), guard=holding(term)
+    )
 
 
 MARKED: Final = """
@@ -241,26 +307,33 @@ def _in_list(rollup: str, keys: Iterable[RollupKey], *, from_events: bool) -> st
     return f"({left}) IN ({', '.join(rows)})"
 
 
-def delete_keys_sql(rollup: str, keys: Iterable[RollupKey]) -> str:
+def delete_keys_sql(rollup: str, keys: Iterable[RollupKey], *, term: int) -> str:
     """Delete every row of the affected keys (lightweight DELETE: measured to work on
-    AggregatingMergeTree with the bundled engine; synchronous)."""
+    AggregatingMergeTree with the bundled engine; synchronous), while the lease is held
+    under `term`."""
     return (
         f"DELETE FROM metering.{rollup} WHERE {_in_list(rollup, keys, from_events=False)} "
-        "SETTINGS lightweight_deletes_sync = 2"
+        f"AND {holding(term)} SETTINGS lightweight_deletes_sync = 2"
     )
 
 
-def rebuild_keys_sql(rollup: str, keys: Iterable[RollupKey], token: str) -> str:
-    """Re-insert the affected keys from the corrected record, with the same aggregates
+def rebuild_keys_sql(
+    rollup: str, keys: Iterable[RollupKey], token: str, *, head: int, term: int
+) -> str:
+    """Re-insert the affected keys from the corrected record of the flushes committed up
+    to commit `head` (later ones fold after the correction), with the same aggregates
     as the flush fold (`store.ledger.sql.APPLY_ROLLUPS`) and a token of its own: the
     rollups' deduplication window drops an INSERT identical to a recent block, so a
-    rebuild repeated after a crash would otherwise vanish."""
+    rebuild repeated after a crash would otherwise vanish. Written only while the lease
+    is held under `term`."""
     select = APPLY_ROLLUPS[rollup]
     if _FLUSH_FILTER not in select:
         raise RuntimeError(f"store/ledger/sql.py APPLY_ROLLUPS[{rollup!r}] changed its FROM")
     select = select.replace(
         _FLUSH_FILTER,
-        "FROM metering.corrected_events\nWHERE " + _in_list(rollup, keys, from_events=True),
+        "FROM metering.corrected_events\nWHERE "
+        + _in_list(rollup, keys, from_events=True)
+        + f"\n  AND {committed_up_to(head)}\n  AND {holding(term)}",
     )
     settings = {**REBUILD_SETTINGS, "insert_deduplication_token": _literal(token)}
     clause = ", ".join(f"{name} = {value}" for name, value in settings.items())

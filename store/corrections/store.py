@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from store.conditional_insert import insert_if
 from store.corrections import sql
 from store.corrections.sql import RollupKey
 
@@ -64,8 +65,13 @@ class CorrectionStore:
             self.client.query(sql.ORPHAN_MARKS, parameters={"seq": committed}).result_rows[0][0]
         )
 
-    def unapplied(self) -> list[tuple[int, str]]:
-        return [(int(s), str(i)) for s, i in self.client.query(sql.UNAPPLIED).result_rows]
+    def unapplied(self) -> list[tuple[int, str, int]]:
+        """(correction_seq, correction_id, ledger head it applies to) of each committed
+        correction not yet rebuilt into the rollups."""
+        return [
+            (int(seq), str(correction_id), int(head))
+            for seq, correction_id, head in self.client.query(sql.UNAPPLIED).result_rows
+        ]
 
     def event_state(self, event_id: str) -> tuple[bool, bool]:
         """(in the corrected record now, counted by a committed flush at all)."""
@@ -102,22 +108,27 @@ class CorrectionStore:
 
     # -- writes --------------------------------------------------------------------
 
-    def delete_orphan_marks(self, committed: int) -> None:
+    def delete_orphan_marks(self, committed: int, *, term: int) -> None:
+        self.client.command(sql.delete_orphan_marks_sql(term), parameters={"seq": committed})
+
+    def write_marks(
+        self, scope: str, parameters: Mapping[str, Any], token: str, *, head: int, term: int
+    ) -> None:
+        """Step a: the marks of every event in scope (`sql.SCOPE_EVENT` or `SCOPE_RANGE`)
+        counted up to commit `head`."""
         self.client.command(
-            sql.DELETE_ORPHAN_MARKS, parameters={"seq": committed}, settings={"mutations_sync": 2}
+            sql.marks_sql(scope, token, head=head, term=term), parameters=dict(parameters)
         )
 
-    def write_marks(self, scope: str, parameters: Mapping[str, Any], token: str) -> None:
-        """Step a: the marks of every event in scope (`sql.SCOPE_EVENT` or `SCOPE_RANGE`)."""
-        self.client.command(sql.marks_sql(scope, token), parameters=dict(parameters))
-
-    def commit(self, row: Mapping[str, Any], token: str) -> None:
+    def commit(self, row: Mapping[str, Any], token: str, *, term: int) -> None:
         """Step b, the commit point: the correction's one row (`CORRECTION_COLUMNS`)."""
-        self.client.insert(
+        insert_if(
+            self.client,
             "metering.corrections",
-            [[row[name] for name in sql.CORRECTION_COLUMNS]],
-            column_names=list(sql.CORRECTION_COLUMNS),
-            settings={"insert_deduplicate": 1, "insert_deduplication_token": token},
+            [(name, sql.CORRECTION_TYPES[name]) for name in sql.CORRECTION_COLUMNS],
+            [row],
+            token=token,
+            condition=sql.holding(term),
         )
 
     def rebuild(
@@ -125,24 +136,34 @@ class CorrectionStore:
         keys: list[RollupKey],
         token: str,
         after_each: Callable[[str, str], None] | None = None,
+        *,
+        head: int,
+        term: int,
     ) -> None:
         """Step c: delete and re-insert every affected key of every rollup from the
-        corrected record. Safe to repeat: a repeat deletes what a crashed attempt left
-        and inserts again under its own `token` (unique per attempt)."""
+        corrected record of the flushes committed up to `head`. Safe to repeat: a
+        repeat deletes what a crashed attempt left and inserts again under its own
+        `token` (unique per attempt)."""
         if not keys:
             return
         for rollup in sql.REBUILD_GRAIN:
-            self.client.command(sql.delete_keys_sql(rollup, keys))
+            self.client.command(sql.delete_keys_sql(rollup, keys, term=term))
             if after_each is not None:
                 after_each("delete", rollup)
-            self.client.command(sql.rebuild_keys_sql(rollup, keys, f"{token}-{rollup}"))
+            self.client.command(
+                sql.rebuild_keys_sql(rollup, keys, f"{token}-{rollup}", head=head, term=term)
+            )
             if after_each is not None:
                 after_each("rebuild", rollup)
 
-    def mark_applied(self, seq: int, correction_id: str, keys: int) -> None:
+    def mark_applied(self, seq: int, correction_id: str, keys: int, *, term: int) -> None:
         """Step d."""
-        self.client.insert(
+        insert_if(
+            self.client,
             sql.MARK_APPLIED,
-            [[seq, correction_id, keys, datetime.now(UTC)]],
-            column_names=["correction_seq", "correction_id", "keys_rebuilt", "applied_at"],
+            sql.APPLIED_COLUMNS,
+            [{"correction_seq": seq, "correction_id": correction_id, "keys_rebuilt": keys}],
+            token=f"correction-applied-{seq}-{term}",
+            condition=sql.holding(term),
+            computed={"applied_at": "now64(3)"},
         )

@@ -77,7 +77,7 @@ REPORTER_READS: Final = (
     "metering.corrections",
     "metering.correction_marks",
     "metering.corrections_applied",
-    "metering.schema_migrations",
+    "metering.schema_versions",
 )
 
 # What an agency user may read, each with its row filter: every view and table that

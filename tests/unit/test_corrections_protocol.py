@@ -21,13 +21,16 @@ from schemas.corrections import CorrectionRecord, encode_correction, validate_co
 from schemas.rejections import classify
 from store import connect
 from store.corrections import REBUILD_GRAIN, CorrectionStore
-from store.ledger import Ledger, recover
+from store.ledger import Janitor, Ledger
 from store.migrations import apply_migrations
+from store.writers import Leases, Registry
 from streams.batch import SourceMessage, assemble_batch
-from streams.corrections import CorrectionApplier, recover_corrections
+from streams.corrections import CorrectionApplier
+from streams.corrections_lease import CorrectionsLease
 from streams.dead_letter import DeadLetter
 from streams.faults import FaultPlan
 from streams.sink import ClickHouseSink
+from tests.unit.registered import register_writer
 
 T = TypeVar("T")
 TOPIC = "usage.events"
@@ -189,7 +192,9 @@ def _views(client: Client) -> dict[str, list[tuple[Any, ...]]]:
 def client(tmp_path: Path) -> Iterator[Client]:
     store = connect(f"chdb://{tmp_path / 'ch'}")
     apply_migrations(store)
-    sink = ClickHouseSink(Ledger(store), NoLetters(), next_flush_seq=1, worker="test")
+    sink = ClickHouseSink(
+        Ledger(store), NoLetters(), writer_no=register_writer(store), worker="test"
+    )
     messages = [
         SourceMessage(TOPIC, 0, offset, None, json.dumps(e).encode())
         for offset, e in enumerate(EVENTS)
@@ -205,8 +210,11 @@ async def _direct(call: Callable[[], T]) -> T:
 
 
 def _applier(client: Client, faults: FaultPlan | None = None) -> CorrectionApplier:
+    """The applier of a newly registered writer (a process of its own). Its timeout is 0:
+    a lease another writer left held (it died) is taken over at once."""
     store = CorrectionStore(client)
-    return CorrectionApplier(store, Ledger(client), _direct, worker="test", faults=faults)
+    lease = CorrectionsLease(Leases(client), Registry(client), register_writer(client), 0.0)
+    return CorrectionApplier(store, Ledger(client), lease, _direct, worker="test", faults=faults)
 
 
 def _message(record: CorrectionRecord, offset: int) -> SourceMessage:
@@ -296,11 +304,11 @@ def test_a_crash_at_each_step_then_recovery_applies_exactly_once(client: Client,
     with pytest.raises(SimulatedCrash):
         asyncio.run(crashing.handle(_message(AMEND_ONE, 1)))
 
-    # A new process: the flush recovery, then the corrections', then the topic again
-    # from where the store says it resumes.
-    recover(Ledger(client))
+    # A new process: it folds what is committed and unfolded, then reads the topic
+    # again from where the store says it resumes; taking the lease the crashed one
+    # left held, it finishes what that one committed.
+    Janitor(Ledger(client)).run(fold_after=0)
     store = CorrectionStore(client)
-    recover_corrections(store)
     resume = store.resume_positions().get((CORRECTIONS, 0), 0)
     records = [VOID_ONE, AMEND_ONE, VOID_RANGE]
     statuses = _apply(client, records[resume:], first_offset=resume)
@@ -324,10 +332,13 @@ def test_a_rebuild_repeated_after_it_finished_changes_nothing(client: Client) ->
     the rollups' deduplication window on, still holds every key exactly once."""
     _apply(client, [VOID_ONE, AMEND_ONE])
     store = CorrectionStore(client)
+    lease = CorrectionsLease(Leases(client), Registry(client), register_writer(client), 0.0)
+    held = lease.take()
     for seq in (1, 2):
         keys = store.affected_keys(seq)
-        store.rebuild(keys, f"redo-{seq}-{uuid.uuid4().hex}")
-        store.rebuild(keys, f"redo-{seq}-{uuid.uuid4().hex}")
+        for _ in range(2):
+            store.rebuild(keys, f"redo-{seq}-{uuid.uuid4().hex}", head=1, term=held.term)
+    lease.release(held)
     assert _views(client) == _expected(_corrected([VOID_ONE, AMEND_ONE]))
 
 

@@ -73,7 +73,11 @@ EXPECTED_OBJECTS = sorted(
         "rejected_events",
         "rejections_log",
         "schema_migrations",
+        "schema_versions",
+        "store_leases",
         "tenant_daily_rollup",
+        "writer_heartbeats",
+        "writers",
     ]
 )
 ON_CLUSTER = re.compile(
@@ -141,7 +145,7 @@ def test_every_cluster_statement_is_on_the_cluster_and_every_table_replicated() 
         if statement.startswith("CREATE TABLE"):
             assert "ENGINE = Replicated" in statement, statement
     tables = [s for s in statements if s.startswith("CREATE TABLE")]
-    assert len(tables) == 18  # schema_migrations and the seventeen tables of the SQL files
+    assert len(tables) == 21  # schema_versions and the twenty tables of the SQL files
     windowed = [s for s in tables if "replicated_deduplication_window = 10000" in s]
     assert [re.search(r"metering\.(\w+)", s)[1] for s in windowed] == [  # type: ignore[index]
         "flush_ledger",
@@ -155,6 +159,8 @@ def test_every_cluster_statement_is_on_the_cluster_and_every_table_replicated() 
         "billing_claims",
         "corrections",
         "correction_marks",
+        "writers",
+        "store_leases",
     ]
     for statement in windowed:
         assert "replicated_deduplication_window_seconds = 604800" in statement
@@ -309,7 +315,7 @@ def test_the_embedded_rendering_creates_every_table_and_view(client: Client) -> 
     # The files the rendering ran are then recorded once; server mode sees the same record.
     assert [m.version for m in apply_migrations(client)] == [m.version for m in load_migrations()]
     assert apply_migrations(client, mode="server") == []
-    recorded = client.query("SELECT checksum FROM metering.schema_migrations ORDER BY version")
+    recorded = client.query("SELECT checksum FROM metering.schema_versions ORDER BY version")
     assert [row[0] for row in recorded.result_rows] == [m.checksum for m in load_migrations()]
 
 
@@ -375,7 +381,7 @@ class StandInClient:
         self.commands.append(sql)
 
     def insert(self, table: str, rows: list[list[Any]], column_names: list[str]) -> None:
-        assert table == "metering.schema_migrations"
+        assert table == "metering.schema_versions"
         self.inserted.extend(rows)
 
 

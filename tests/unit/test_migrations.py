@@ -9,7 +9,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from store import connect
-from store.ledger import Ledger, recover
+from store.ledger import Ledger
 from store.ledger.sql import apply_rollup_sql
 from store.migrations import MigrationError, apply_migrations, load_migrations
 
@@ -48,7 +48,7 @@ def test_apply_twice_records_each_file_once_and_creates_the_contract_views(
     assert apply_migrations(client) == []
 
     recorded = client.query(
-        "SELECT version, name, checksum FROM metering.schema_migrations ORDER BY version"
+        "SELECT version, name, checksum FROM metering.schema_versions ORDER BY version"
     ).result_rows
     assert [tuple(row) for row in recorded] == [(m.version, m.name, m.checksum) for m in expected]
 
@@ -78,7 +78,7 @@ def test_apply_twice_records_each_file_once_and_creates_the_contract_views(
 def test_changed_migration_checksum_is_an_error(client: Client) -> None:
     assert len(apply_migrations(client)) == len(load_migrations())
     client.command(
-        "ALTER TABLE metering.schema_migrations UPDATE checksum = 'x' WHERE version = 1 "
+        "ALTER TABLE metering.schema_versions UPDATE checksum = 'x' WHERE version = 1 "
         "SETTINGS mutations_sync=2"
     )
     with pytest.raises(MigrationError, match="0001_"):
@@ -102,7 +102,7 @@ def test_report_rollups_are_backfilled_once_from_the_daily_rollups(client: Clien
     )
     for table in ("agency_monthly_rollup", "model_monthly_rollup", "tenant_daily_rollup"):
         client.command(f"TRUNCATE TABLE metering.{table}")
-    client.command("DELETE FROM metering.schema_migrations WHERE version = 6")
+    client.command("DELETE FROM metering.schema_versions WHERE version = 6")
 
     assert [m.version for m in apply_migrations(client)] == [6]
     report_rollups = next(m for m in load_migrations() if m.version == 6)
@@ -147,7 +147,7 @@ def test_a_flush_folded_half_before_the_upgrade_is_counted_once_in_the_new_rollu
     apply_migrations(client)
     for table in ("agency_monthly_rollup", "model_monthly_rollup", "tenant_daily_rollup"):
         client.command(f"DROP TABLE metering.{table}")
-    client.command("DELETE FROM metering.schema_migrations WHERE version = 6")
+    client.command("DELETE FROM metering.schema_versions WHERE version = 6")
     client.command(
         "INSERT INTO metering.counted_events (event_id, occurred_at, tenant, agency_id, "
         "agency_level, user_id, conversation_id, model, feature, tokens_in, tokens_out, "
@@ -158,13 +158,13 @@ def test_a_flush_folded_half_before_the_upgrade_is_counted_once_in_the_new_rollu
     )
     client.command(
         "INSERT INTO metering.flush_ledger (flush_seq, topic, partition, first_offset, "
-        "last_offset, messages, counted, duplicates, rejected, worker, committed_at) "
-        "VALUES (1, 'events', 0, 0, 4, 5, 5, 0, 0, 'old', now())"
+        "last_offset, messages, counted, duplicates, rejected, worker, writer_no, "
+        "committed_at) VALUES (1, 'events', 0, 0, 4, 5, 5, 0, 0, 'old', 1, now())"
     )
     client.command(apply_rollup_sql("agency_daily_rollup", 1), parameters={"flush_seq": 1})
 
     assert [m.version for m in apply_migrations(client)] == [6]
-    assert recover(Ledger(client)).flushes_reapplied == 0  # folded before the migration ran
+    assert Ledger(client).unapplied_flushes() == []  # folded before the migration ran
 
     expected = [("2026-11-01", 5, 50, 100, 3)]
     for table in ("agency_monthly_rollup", "model_monthly_rollup"):

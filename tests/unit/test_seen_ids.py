@@ -117,8 +117,8 @@ def _stage(client: Any, events: list[ValidMessage], seq: int, now: datetime) -> 
 def _commit(client: Any, seq: int) -> None:
     client.command(
         "INSERT INTO metering.flush_ledger (flush_seq, topic, partition, first_offset, "
-        "last_offset, messages, counted, duplicates, rejected, worker, committed_at) "
-        f"VALUES ({seq}, 'events', 0, 0, 0, 0, 0, 0, 0, 'test', now())"
+        "last_offset, messages, counted, duplicates, rejected, worker, writer_no, "
+        f"committed_at) VALUES ({seq}, 'events', 0, 0, 0, 0, 0, 0, 0, 'test', 1, now())"
     )
 
 

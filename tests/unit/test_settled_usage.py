@@ -30,8 +30,8 @@ def _period() -> Period:
 def _commit_flush(client: Client, seq: int, *, applied: bool) -> None:
     client.command(
         "INSERT INTO metering.flush_ledger (flush_seq, topic, partition, first_offset, "
-        f"last_offset, messages) VALUES ({seq}, 'usage.events', 0, {seq * 10}, "
-        f"{seq * 10 + 9}, 10)"
+        f"last_offset, messages, writer_no) VALUES ({seq}, 'usage.events', 0, {seq * 10}, "
+        f"{seq * 10 + 9}, 10, 1)"
     )
     if applied:
         client.command(f"INSERT INTO metering.flush_applied (flush_seq) VALUES ({seq})")

@@ -17,12 +17,13 @@ from clickhouse_connect.driver.client import Client
 
 from schemas.rejections import classify
 from store import connect
-from store.ledger import APPLY_ROLLUPS, Ledger, recover
+from store.ledger import APPLY_ROLLUPS, Janitor, Ledger
 from store.migrations import apply_migrations
 from streams.batch import ClassifiedBatch, SourceMessage, assemble_batch
 from streams.dead_letter import DeadLetter
 from streams.faults import FaultPlan
 from streams.sink import ClickHouseSink
+from tests.unit.registered import register_writer
 
 TOPIC = "usage.events"
 STEPS = [
@@ -108,9 +109,10 @@ def client(tmp_path: Path) -> Iterator[Client]:
     store.close()
 
 
-def _sink(client: Client, letters: Letters, next_seq: int, faults: FaultPlan) -> ClickHouseSink:
+def _sink(client: Client, letters: Letters, faults: FaultPlan) -> ClickHouseSink:
+    """A sink of a newly registered writer (each process registers anew)."""
     return ClickHouseSink(
-        Ledger(client), letters, next_flush_seq=next_seq, worker="test", faults=faults
+        Ledger(client), letters, writer_no=register_writer(client), worker="test", faults=faults
     )
 
 
@@ -124,7 +126,7 @@ def _views(client: Client) -> list[tuple[Any, ...]]:
 
 def test_one_flush_counts_every_event_once(client: Client) -> None:
     letters = Letters()
-    sink = _sink(client, letters, 1, FaultPlan())
+    sink = _sink(client, letters, FaultPlan())
     result = asyncio.run(sink.flush(_batch(_messages())))
     sink.close()
     assert (result.messages, result.counted, result.duplicates, result.rejected) == (14, 12, 1, 1)
@@ -140,7 +142,7 @@ def test_one_flush_counts_every_event_once(client: Client) -> None:
 def test_the_batch_stays_a_value(client: Client) -> None:
     batch = _batch(_messages())
     before = [(r.counted, r.duplicates, r.rejected) for r in batch.ranges.values()]
-    sink = _sink(client, Letters(), 1, FaultPlan())
+    sink = _sink(client, Letters(), FaultPlan())
     asyncio.run(sink.flush(batch))
     sink.close()
     assert [(r.counted, r.duplicates, r.rejected) for r in batch.ranges.values()] == before
@@ -150,20 +152,28 @@ def test_the_batch_stays_a_value(client: Client) -> None:
 def test_a_crash_at_each_step_then_recovery_counts_exactly_once(client: Client, step: str) -> None:
     messages = _messages()
     letters = Letters()
-    crashing = _sink(client, letters, 1, CrashingFaults(crash_step=step))
+    crashing = _sink(client, letters, CrashingFaults(crash_step=step))
     with pytest.raises(SimulatedCrash):
         asyncio.run(crashing.flush(_batch(messages)))
     crashing.close()
 
-    # A new process: recovery, then the messages past the ledger are read again.
+    # A new process: it folds what the crashed one committed and did not fold, then
+    # the messages past the ledger are read again; its upkeep then deletes the staged
+    # rows of the crashed flush (the ledger resumes past them: they can never commit).
     ledger = Ledger(client)
-    state = recover(ledger)
-    resume = state.resume_offsets.get((TOPIC, 0), 0)
+    janitor = Janitor(ledger)
+    janitor.run(fold_after=0)
+    resume = ledger.resume_positions().get((TOPIC, 0), 0)
     again = [m for m in messages if m.offset >= resume]
     if again:
-        sink = _sink(client, letters, state.next_flush_seq, FaultPlan())
-        asyncio.run(sink.flush(_batch(again)))
+        sink = _sink(client, letters, FaultPlan())
+        batch = _batch(again)
+        batch.read_from = {(TOPIC, 0): None}
+        asyncio.run(sink.flush(batch))
         sink.close()
+    deleted = janitor.delete_orphans()
+    staged = step in ("after_stage", "after_dead_letters")
+    assert len(deleted) == (1 if staged else 0), (step, deleted)
 
     assert _views(client) == _expected(), step
     counted = client.query("SELECT count() FROM metering.counted_events").result_rows[0][0]
@@ -184,11 +194,11 @@ def test_a_crash_at_each_step_then_recovery_counts_exactly_once(client: Client, 
 
 def test_a_second_flush_of_the_same_events_counts_them_as_duplicates(client: Client) -> None:
     messages = _messages()
-    first = _sink(client, Letters(), 1, FaultPlan())
+    first = _sink(client, Letters(), FaultPlan())
     asyncio.run(first.flush(_batch(messages)))
     first.close()
     replayed = [SourceMessage(TOPIC, 0, 100 + i, None, m.value) for i, m in enumerate(messages)]
-    second = _sink(client, Letters(), 2, FaultPlan())
+    second = _sink(client, Letters(), FaultPlan())
     result = asyncio.run(second.flush(_batch(replayed)))
     second.close()
     assert (result.counted, result.duplicates, result.rejected) == (0, 13, 1)

@@ -1,35 +1,37 @@
-"""Two writers of one store (the engine in-process, no Kafka): two `ClickHouseSink`s with
-their own worker names and dedupe filters, sharing the writers' lock file.
+"""Writers of one store that share nothing but the store (the engine in-process, no
+Kafka): two `ClickHouseSink`s of two registered writers, with their own dedupe filters,
+as two hosts would run them.
 
-Step 0 of each flush must catch up with what the other writer committed (number the
-flush after it, chain to it, learn its event ids), refuse a batch whose partitions the
-other writer counted since they were read, and recover the store first when the last
-holder of the lock died holding it. Every figure here is exact."""
+The store orders their commits: each appends at the head + 1, and only one append of a
+number is stored. A writer whose append finds the number taken catches up and either
+appends again at the new head, starts its flush over (the commit before it counted one
+of its events), or refuses it (that commit counted one of its partitions). Staged rows
+of a flush that never committed are deleted only once it can never commit. Every
+figure here is exact, and every store must verify."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from metering.verify import verify_store
-from store.ledger import REJECTION_COLUMNS, Ledger, recover
+from store.ledger import Janitor, Ledger
 from store.ledger.chain import chain_sha256
-from store.ledger.writers_lock import WritersLock
+from store.writers import CORRECTIONS_LEASE, Leases, Registry
 from streams.batch import ClassifiedBatch, SourceMessage, classify_batch
+from streams.dead_letter import DeadLetter
 from streams.faults import FaultPlan
 from streams.seen_ids import SeenIdFilter, id_halves, load_from_store
-from streams.sink import ClickHouseSink, FlushResult, StaleFlushError, counted_events_table
+from streams.sink import ClickHouseSink, FlushResult, StaleFlushError
 from tests.unit import test_sink_protocol as protocol
-from tests.unit.test_sink_protocol import TOPIC, CrashingFaults, Letters, SimulatedCrash
+from tests.unit.registered import register_writer
+from tests.unit.test_sink_protocol import TOPIC, CrashingFaults, SimulatedCrash
 
 client = protocol.client  # the migrated in-process store fixture
 
@@ -37,7 +39,7 @@ P0 = (TOPIC, 0)
 P3 = (TOPIC, 3)
 NOT_JSON = b"{not json"
 FILTER_MIB = 1
-CLEAN = "clean\n"
+BILLION = 1_000_000_000
 
 TP = tuple[str, int]
 
@@ -71,14 +73,28 @@ def events(partition: int, first_offset: int, numbers: Sequence[int | None]) -> 
     return [message(partition, first_offset + i, n) for i, n in enumerate(numbers)]
 
 
+class Letters:
+    """Dead letters; `during` runs (awaited) inside the next publish: what another
+    writer does while this one is between staging and commit."""
+
+    def __init__(self) -> None:
+        self.published: list[DeadLetter] = []
+        self.during: Callable[[], Awaitable[None]] | None = None
+
+    async def publish(self, letters: Sequence[DeadLetter]) -> None:
+        self.published.extend(letters)
+        during, self.during = self.during, None
+        if during is not None:
+            await during()
+
+
 @dataclass
 class Writer:
     name: str
+    number: int
     sink: ClickHouseSink
     seen: SeenIdFilter
-    lock: WritersLock
     letters: Letters
-    recoveries: list[int] = field(default_factory=list)
 
     def flush(self, flushed: ClassifiedBatch) -> FlushResult:
         return asyncio.run(self.sink.flush(flushed))
@@ -86,67 +102,62 @@ class Writer:
     def knows(self, numbers: Sequence[int]) -> list[bool]:
         return [bool(b) for b in self.seen.maybe_seen(id_halves([event_id(n) for n in numbers]))]
 
+    def flush_seq(self, nth: int) -> int:
+        return self.number * BILLION + nth
 
-def start_writer(
-    client: Client, name: str, lock_path: Path, faults: FaultPlan | None = None
-) -> Writer:
-    """A writer as `metering worker` starts one: recovery and the dedupe filter's load
-    under the lock, whose on_dirty recovers the store."""
+
+def start_writer(client: Client, name: str, faults: FaultPlan | None = None) -> Writer:
+    """A writer as `metering worker` starts one: registered, the head read before the
+    dedupe filter is loaded."""
     ledger = Ledger(client)
-    recoveries: list[int] = []
-
-    def on_dirty() -> None:
-        recoveries.append(recover(ledger).orphan_rows_deleted)
-
-    lock = WritersLock(lock_path, on_dirty)
-    with lock.holding():
-        state = recover(ledger)
-        seen = load_from_store(ledger, FILTER_MIB)
+    number = register_writer(client, name)
+    known = ledger.max_committed_seq()
+    seen = load_from_store(ledger, FILTER_MIB)
     letters = Letters()
     sink = ClickHouseSink(
         ledger,
         letters,
-        next_flush_seq=state.next_flush_seq,
+        writer_no=number,
         worker=name,
+        filter_caught_up_to=known,
         retry_max_seconds=0.05,
         fatal_tries=1,
         retry_first_seconds=0.01,
         faults=faults,
         seen_ids=seen,
-        lock=lock,
+        registry=Registry(client),
     )
-    return Writer(name, sink, seen, lock, letters, recoveries)
+    return Writer(name, number, sink, seen, letters)
 
 
 @pytest.fixture
-def lock_path(tmp_path: Path) -> Path:
-    return tmp_path / "locks" / "govmeter-writers-test.lock"
-
-
-@pytest.fixture
-def writers(client: Client, lock_path: Path) -> Iterator[tuple[Writer, Writer]]:
-    a = start_writer(client, "writer-a", lock_path)
-    b = start_writer(client, "writer-b", lock_path)
+def writers(client: Client) -> Iterator[tuple[Writer, Writer]]:
+    a = start_writer(client, "writer-a")
+    b = start_writer(client, "writer-b")
     yield a, b
     for w in (a, b):
         w.sink.close()
-        w.lock.close()
+
+
+def result(w: Writer, nth: int, commit: int, *counts: int) -> FlushResult:
+    messages, counted, duplicates, rejected = counts
+    return FlushResult(w.flush_seq(nth), messages, counted, duplicates, rejected, commit)
 
 
 def ledger_rows(client: Client) -> list[tuple[Any, ...]]:
     rows = client.query(
-        "SELECT flush_seq, topic, partition, first_offset, last_offset, messages, counted, "
-        "duplicates, rejected, worker FROM metering.flush_ledger "
-        "ORDER BY flush_seq, topic, partition"
+        "SELECT commit_seq, flush_seq, topic, partition, first_offset, last_offset, messages, "
+        "counted, duplicates, rejected, worker, writer_no FROM metering.flush_ledger "
+        "ORDER BY commit_seq, topic, partition"
     ).result_rows
     return [tuple(r) for r in rows]
 
 
 def hashes(client: Client) -> dict[int, tuple[str, str]]:
-    """flush_seq -> (content_sha256, chain_sha256); one pair per flush."""
+    """commit_seq -> (content_sha256, chain_sha256); one pair per commit."""
     rows = client.query(
-        "SELECT DISTINCT flush_seq, content_sha256, chain_sha256 FROM metering.flush_ledger "
-        "ORDER BY flush_seq"
+        "SELECT DISTINCT commit_seq, content_sha256, chain_sha256 FROM metering.flush_ledger "
+        "ORDER BY commit_seq"
     ).result_rows
     pairs = {int(seq): (str(content), str(chain)) for seq, content, chain in rows}
     assert len(pairs) == len(rows)
@@ -172,7 +183,7 @@ def rejection_rows(client: Client) -> list[tuple[int, int, int]]:
 def store_rows(client: Client) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of what a flush writes, in a fixed order, and the contract view."""
     tables = {
-        "flush_ledger": "flush_seq, topic, partition",
+        "flush_ledger": "commit_seq, topic, partition",
         "counted_events": "flush_seq, topic, partition, offset",
         "rejections_log": "flush_seq, topic, partition, offset",
         "flush_applied": "flush_seq",
@@ -188,38 +199,57 @@ def store_rows(client: Client) -> dict[str, list[tuple[Any, ...]]]:
     return rows
 
 
-def assert_verified(client: Client, flushes: int) -> None:
+def assert_verified(client: Client, commits: int) -> None:
     verified = verify_store(client)
     assert verified.flush_failures == []
     assert verified.rollup_failures == []
-    assert (verified.flushes, verified.chained, verified.not_chained) == (flushes, flushes, [])
+    assert (verified.flushes, verified.chained, verified.not_chained) == (commits, commits, [])
     assert verified.ok
 
 
-# -- (a) one order of flushes and one chain ---------------------------------------------
+def views_of(numbers: Sequence[int]) -> list[tuple[Any, ...]]:
+    """agency_daily computed from the events themselves."""
+    days: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for n in numbers:
+        e = protocol._event(n, f"fed-{n % 3}", f"u{n % 4}", 1 + n % 2)
+        days.setdefault((e["occurred_at"][:10], e["agency_id"]), []).append(e)
+    return sorted(
+        (
+            day,
+            agency,
+            len(rows),
+            sum(r["tokens_in"] for r in rows),
+            sum(r["tokens_out"] for r in rows),
+            len({r["user_id"] for r in rows}),
+        )
+        for (day, agency), rows in days.items()
+    )
 
 
-def test_the_second_writer_numbers_and_chains_after_the_first(
-    client: Client, writers: tuple[Writer, Writer], lock_path: Path
+# -- (a) one order of commits and one chain ----------------------------------------------
+
+
+def test_commits_of_two_writers_form_one_order_and_one_chain(
+    client: Client, writers: tuple[Writer, Writer]
 ) -> None:
     a, b = writers
-    assert a.flush(batch(events(0, 0, [0, 1, 2, 3]), {P0: None})) == FlushResult(1, 4, 4, 0, 0)
-    assert b.flush(batch(events(3, 0, [4, 5, 6]), {P3: None})) == FlushResult(2, 3, 3, 0, 0)
-    assert a.flush(batch(events(0, 4, [7, 8]), {P0: 4})) == FlushResult(3, 2, 2, 0, 0)
+    assert (a.number, b.number) == (1, 2)
+    assert a.flush(batch(events(0, 0, [0, 1, 2, 3]), {P0: None})) == result(a, 1, 1, 4, 4, 0, 0)
+    assert b.flush(batch(events(3, 0, [4, 5, 6]), {P3: None})) == result(b, 1, 2, 3, 3, 0, 0)
+    assert a.flush(batch(events(0, 4, [7, 8]), {P0: 4})) == result(a, 2, 3, 2, 2, 0, 0)
 
     assert ledger_rows(client) == [
-        (1, TOPIC, 0, 0, 3, 4, 4, 0, 0, "writer-a"),
-        (2, TOPIC, 3, 0, 2, 3, 3, 0, 0, "writer-b"),
-        (3, TOPIC, 0, 4, 5, 2, 2, 0, 0, "writer-a"),
+        (1, a.flush_seq(1), TOPIC, 0, 0, 3, 4, 4, 0, 0, "writer-a", 1),
+        (2, b.flush_seq(1), TOPIC, 3, 0, 2, 3, 3, 0, 0, "writer-b", 2),
+        (3, a.flush_seq(2), TOPIC, 0, 4, 5, 2, 2, 0, 0, "writer-a", 1),
     ]
     chained = hashes(client)
     assert sorted(chained) == [1, 2, 3]
     assert chained[1][1] == chain_sha256("", chained[1][0])
     assert chained[2][1] == chain_sha256(chained[1][1], chained[2][0])
     assert chained[3][1] == chain_sha256(chained[2][1], chained[3][0])
+    assert protocol._views(client) == views_of(range(9))
     assert_verified(client, 3)
-    assert lock_path.read_text() == CLEAN
-    assert (a.recoveries, b.recoveries) == ([], [])
 
 
 # -- (b) an event id counts once, whichever writer and partition --------------------------
@@ -230,229 +260,265 @@ def test_an_id_counted_by_one_writer_is_a_duplicate_for_the_other(
 ) -> None:
     a, b = writers
     firsts = [0, 1, 2, 3, 4, 5]
-    assert a.flush(batch(events(0, 0, firsts), {P0: None})) == FlushResult(1, 6, 6, 0, 0)
+    assert a.flush(batch(events(0, 0, firsts), {P0: None})) == result(a, 1, 1, 6, 6, 0, 0)
     # B's filter was loaded before A's flush: it has never heard of A's ids.
     assert b.seen.ids_added == 0
     assert b.knows(firsts) == [False] * 6
 
-    result = b.flush(batch(events(3, 0, [2, 10, 4, 11]), {P3: None}))
-    assert result == FlushResult(flush_seq=2, messages=4, counted=2, duplicates=2, rejected=0)
-    assert ledger_rows(client) == [
-        (1, TOPIC, 0, 0, 5, 6, 6, 0, 0, "writer-a"),
-        (2, TOPIC, 3, 0, 3, 4, 2, 2, 0, "writer-b"),
-    ]
+    got = b.flush(batch(events(3, 0, [2, 10, 4, 11]), {P3: None}))
+    assert got == result(b, 1, 2, 4, 2, 2, 0)
     assert counted_rows(client) == [
-        *[(event_id(n), 0, n, 1) for n in firsts],
-        (event_id(10), 3, 1, 2),
-        (event_id(11), 3, 3, 2),
+        *[(event_id(n), 0, n, a.flush_seq(1)) for n in firsts],
+        (event_id(10), 3, 1, b.flush_seq(1)),
+        (event_id(11), 3, 3, b.flush_seq(1)),
     ]
     # Step 0 put every id of A's flush into B's filter (B's own commit adds only its two).
     assert b.knows(firsts) == [True] * 6
     assert b.seen.ids_added == 6 + 2
-    assert_verified(client, 2)
 
     # And back: A learns B's ids at its next flush, and counts neither again.
     again = a.flush(batch(events(0, 6, [10, 11, 12]), {P0: 6}))
-    assert again == FlushResult(flush_seq=3, messages=3, counted=1, duplicates=2, rejected=0)
+    assert again == result(a, 2, 3, 3, 1, 2, 0)
     assert a.seen.ids_added == 6 + 2 + 1
-    assert ledger_rows(client)[-1] == (3, TOPIC, 0, 6, 8, 3, 1, 2, 0, "writer-a")
-    assert counted_rows(client)[-1] == (event_id(12), 0, 8, 3)
     assert len(counted_rows(client)) == 9
     assert_verified(client, 3)
 
 
-# -- (c) a flush of partitions another writer counted since they were read ----------------
+# -- (c) a commit that came first ---------------------------------------------------------
+
+
+def test_a_commit_that_took_the_number_is_followed_at_the_new_head(
+    client: Client, writers: tuple[Writer, Writer]
+) -> None:
+    """B has staged and is publishing its dead letters when A commits: B's append at
+    commit 1 finds A's flush there, and B appends again at 2."""
+    a, b = writers
+
+    async def a_commits() -> None:
+        assert await a.sink.flush(batch(events(0, 0, [0, 1, 2]), {P0: None})) == result(
+            a, 1, 1, 3, 3, 0, 0
+        )
+
+    b.letters.during = a_commits
+    got = b.flush(batch(events(3, 0, [5, None, 6]), {P3: None}))
+    assert got == result(b, 1, 2, 3, 2, 0, 1)
+    assert b.sink._metrics.commits_retried.value == 1
+    assert ledger_rows(client) == [
+        (1, a.flush_seq(1), TOPIC, 0, 0, 2, 3, 3, 0, 0, "writer-a", 1),
+        (2, b.flush_seq(1), TOPIC, 3, 0, 2, 3, 2, 0, 1, "writer-b", 2),
+    ]
+    assert rejection_rows(client) == [(3, 1, b.flush_seq(1))]
+    assert len(b.letters.published) == 1
+    assert protocol._views(client) == views_of([0, 1, 2, 5, 6])
+    assert_verified(client, 2)
+
+
+def test_a_commit_that_counted_an_event_of_the_flush_makes_it_start_over(
+    client: Client, writers: tuple[Writer, Writer]
+) -> None:
+    """The same event on partitions of two writers at the same moment: A commits first,
+    so A's copy counts; B's flush starts over under a new number without it."""
+    a, b = writers
+
+    async def a_commits() -> None:
+        got = await a.sink.flush(batch(events(0, 0, [0, 7, 1]), {P0: None}))
+        assert got == result(a, 1, 1, 3, 3, 0, 0)
+
+    b.letters.during = a_commits
+    got = b.flush(batch(events(3, 0, [7, 8, None]), {P3: None}))
+    # B's first number (its flush 1) was staged and deleted; flush 2 commits.
+    assert got == result(b, 2, 2, 3, 1, 1, 1)
+    assert b.sink._metrics.flushes_redone.value == 1
+    assert len(b.letters.published) == 1  # the batch's dead letters, once
+    assert counted_rows(client) == [
+        (event_id(0), 0, 0, a.flush_seq(1)),
+        (event_id(7), 0, 1, a.flush_seq(1)),
+        (event_id(1), 0, 2, a.flush_seq(1)),
+        (event_id(8), 3, 1, b.flush_seq(2)),
+    ]
+    assert rejection_rows(client) == [(3, 2, b.flush_seq(2))]
+    assert ledger_rows(client)[1] == (
+        2,
+        b.flush_seq(2),
+        TOPIC,
+        3,
+        0,
+        2,
+        3,
+        1,
+        1,
+        1,
+        "writer-b",
+        2,
+    )
+    assert protocol._views(client) == views_of([0, 7, 1, 8])
+    assert_verified(client, 2)
+
+
+def test_a_commit_that_counted_a_partition_of_the_flush_refuses_it(
+    client: Client, writers: tuple[Writer, Writer]
+) -> None:
+    """A zombie: B read partition 0 from 0 and staged it; meanwhile A (its partition's
+    new owner) commits partition 0 from 0. B's flush is refused after its lost append,
+    its staged rows deleted, and nothing of it counts."""
+    a, b = writers
+
+    async def a_commits() -> None:
+        await a.sink.flush(batch(events(0, 0, [0, 1, 2, 3]), {P0: None}))
+
+    b.letters.during = a_commits
+    with pytest.raises(StaleFlushError) as refused:
+        b.flush(batch(events(0, 0, [0, 1, None]), {P0: None}))
+    assert refused.value.stale == [P0]
+    assert refused.value.ledger == {P0: 4}
+    assert "writer 1 'writer-a' (host test-host, pid 1, since" in str(refused.value)
+    assert b.sink._metrics.flushes_refused.value == 1
+    assert ledger_rows(client) == [(1, a.flush_seq(1), TOPIC, 0, 0, 3, 4, 4, 0, 0, "writer-a", 1)]
+    assert counted_rows(client) == [(event_id(n), 0, n, a.flush_seq(1)) for n in range(4)]
+    assert rejection_rows(client) == []
+    assert_verified(client, 1)
 
 
 @pytest.mark.parametrize("believed", [6, 0, 8, None], ids=["read-before", "zero", "ahead", "none"])
-def test_a_batch_read_before_the_other_writer_counted_is_refused(
-    client: Client, writers: tuple[Writer, Writer], lock_path: Path, believed: int | None
+def test_a_batch_read_before_the_other_writer_counted_is_refused_before_staging(
+    client: Client, writers: tuple[Writer, Writer], believed: int | None
 ) -> None:
     a, b = writers
-    assert a.flush(batch(events(0, 0, [0, 1, 2, 3, 4, 5]), {P0: None})) == FlushResult(
-        1, 6, 6, 0, 0
+    assert a.flush(batch(events(0, 0, [0, 1, 2, 3, 4, 5]), {P0: None})) == result(
+        a, 1, 1, 6, 6, 0, 0
     )
-    # B reads partitions 0 and 3; partition 0 from where it believes the ledger is.
     start = 0 if believed is None else believed
     stale = batch(
         [*events(0, start, [20, 21]), *events(3, 0, [22, 23, None])],
         {P0: believed, P3: None},
     )
-    # Meanwhile A counts partition 0 on to offset 9.
-    assert a.flush(batch(events(0, 6, [6, 7, 8, 9]), {P0: 6})) == FlushResult(2, 4, 4, 0, 0)
+    assert a.flush(batch(events(0, 6, [6, 7, 8, 9]), {P0: 6})) == result(a, 2, 2, 4, 4, 0, 0)
     before = store_rows(client)
-    assert len(before["flush_ledger"]) == 2
-    assert len(before["counted_events"]) == 10
-    assert before["rejections_log"] == []
-
     with pytest.raises(StaleFlushError) as refused:
         b.flush(stale)
     assert refused.value.stale == [P0]
     assert refused.value.ledger == {P0: 10}
-    assert str(refused.value) == "the ledger moved in usage.events[0] since this writer read it"
     assert store_rows(client) == before
     assert b.letters.published == []
-    assert lock_path.read_text() == CLEAN  # nothing was written: no recovery needed
-    assert not b.lock.held
 
-    # Read again from the ledger (what the pipeline does), the flush is accepted, and
-    # numbered after A's: the refused one used no number.
+    # Read again from the ledger (what the pipeline does), the flush is accepted; the
+    # refused one used no flush number.
     fresh = batch(
         [*events(0, 10, [20, 21]), *events(3, 0, [22, 23, None])],
         {P0: refused.value.ledger[P0], P3: refused.value.ledger.get(P3)},
     )
-    assert b.flush(fresh) == FlushResult(3, 5, 4, 0, 1)
-    assert ledger_rows(client)[2:] == [
-        (3, TOPIC, 0, 10, 11, 2, 2, 0, 0, "writer-b"),
-        (3, TOPIC, 3, 0, 2, 3, 2, 0, 1, "writer-b"),
-    ]
-    assert rejection_rows(client) == [(3, 2, 3)]
-    assert len(b.letters.published) == 1
-    assert lock_path.read_text() == CLEAN
-    assert (a.recoveries, b.recoveries) == ([], [])
+    assert b.flush(fresh) == result(b, 1, 3, 5, 4, 0, 1)
+    assert rejection_rows(client) == [(3, 2, b.flush_seq(1))]
     assert_verified(client, 3)
-
-
-def test_a_partition_the_reader_thought_uncounted_is_refused(
-    client: Client, writers: tuple[Writer, Writer]
-) -> None:
-    a, b = writers
-    assert a.flush(batch(events(0, 0, [0, 1, 2]), {P0: None})) == FlushResult(1, 3, 3, 0, 0)
-    before = store_rows(client)
-    with pytest.raises(StaleFlushError) as refused:
-        b.flush(batch([*events(0, 0, [0, 1]), *events(3, 0, [5])], {P0: None, P3: None}))
-    assert refused.value.stale == [P0]
-    assert refused.value.ledger == {P0: 3}
-    assert store_rows(client) == before
 
 
 def test_every_moved_partition_is_named(client: Client, writers: tuple[Writer, Writer]) -> None:
     a, b = writers
-    assert a.flush(
-        batch([*events(0, 0, [0, 1]), *events(3, 0, [2])], {P0: None, P3: None})
-    ) == FlushResult(1, 3, 3, 0, 0)
+    a.flush(batch([*events(0, 0, [0, 1]), *events(3, 0, [2])], {P0: None, P3: None}))
     before = store_rows(client)
     with pytest.raises(StaleFlushError) as refused:
         b.flush(batch([*events(0, 0, [7]), *events(3, 0, [8])], {P0: 0, P3: None}))
     assert refused.value.stale == [P0, P3]
     assert refused.value.ledger == {P0: 2, P3: 1}
-    assert str(refused.value) == (
-        "the ledger moved in usage.events[0], usage.events[3] since this writer read it"
+    assert str(refused.value).startswith(
+        "the ledger moved in usage.events[0], usage.events[3] since this writer read it "
+        "(writer 1 'writer-a' (host test-host, pid 1, since "
     )
     assert store_rows(client) == before
 
 
-def test_a_batch_read_where_the_ledger_is_is_accepted(
+# -- (d) what a writer that stopped midway leaves ------------------------------------------
+
+
+def test_staged_rows_of_a_flush_that_can_still_commit_are_kept(
+    client: Client, writers: tuple[Writer, Writer]
+) -> None:
+    """B is paused between staging and commit (for as long as it takes): the janitor of
+    another writer leaves its rows alone, and B's commit then counts them."""
+    a, b = writers
+    janitor = Janitor(Ledger(client))
+
+    async def others_tidy_up() -> None:
+        assert janitor.run(fold_after=0).orphan_flushes_deleted == ()
+        await a.sink.flush(batch(events(0, 0, [0, 1]), {P0: None}))
+        assert janitor.delete_orphans() == ()
+
+    b.letters.during = others_tidy_up
+    assert b.flush(batch(events(3, 0, [5, 6, None]), {P3: None})) == result(b, 1, 2, 3, 2, 0, 1)
+    assert protocol._views(client) == views_of([0, 1, 5, 6])
+    assert_verified(client, 2)
+
+
+def test_a_writer_killed_after_staging_leaves_rows_deleted_once_its_range_is_counted(
     client: Client, writers: tuple[Writer, Writer]
 ) -> None:
     a, b = writers
-    assert a.flush(batch(events(0, 0, [0, 1, 2]), {P0: None})) == FlushResult(1, 3, 3, 0, 0)
-    accepted = batch([*events(0, 3, [3, 1]), *events(3, 0, [4])], {P0: 3, P3: None})
-    assert b.flush(accepted) == FlushResult(2, 3, 2, 1, 0)
-    assert ledger_rows(client) == [
-        (1, TOPIC, 0, 0, 2, 3, 3, 0, 0, "writer-a"),
-        (2, TOPIC, 0, 3, 4, 2, 1, 1, 0, "writer-b"),
-        (2, TOPIC, 3, 0, 0, 1, 1, 0, 0, "writer-b"),
-    ]
-    assert_verified(client, 2)
-
-
-# -- (d) the last holder died mid-flush, holding the lock --------------------------------
-
-
-def test_the_next_writer_recovers_a_flush_that_died_after_staging(
-    client: Client, writers: tuple[Writer, Writer], lock_path: Path
-) -> None:
-    a, b = writers
-    assert a.flush(batch(events(0, 0, [0, 1, 2, 3]), {P0: None})) == FlushResult(1, 4, 4, 0, 0)
-
-    # A's next flush stages its rows for flush 2, holding the lock, and dies there.
-    crashed = batch(events(0, 4, [30, 31, None]), {P0: 4})
-    ledger = Ledger(client)
-    a.lock.acquire()
-    seq = ledger.head()[0] + 1
-    assert seq == 2
-    now = datetime.now(UTC)
-    ledger.stage_counted_events(counted_events_table(crashed.valid, seq, now), "crash-events")
-    rejected = crashed.rejected[0]
-    row = {
-        "received_at": now,
-        "reason": str(rejected.rejection.reason),
-        "detail": rejected.rejection.detail,
-        "event_id": rejected.rejection.event_id,
-        "agency_id": rejected.rejection.agency_id,
-        "topic": TOPIC,
-        "partition": 0,
-        "offset": rejected.source.offset,
-        "size_bytes": rejected.source.size,
-        "flush_seq": seq,
-    }
-    ledger.stage_rejections([[row[c] for c in REJECTION_COLUMNS]], "crash-rejections")
-    a.lock.release(clean=False)
-    assert lock_path.read_text() == f"dirty {os.getpid()}\n"
-    assert ledger.orphan_rows(1) == 3
-    assert (event_id(30), 0, 4, 2) in counted_rows(client)
-
-    # B flushes next: it recovers first (once), then counts exactly its own batch,
-    # event 30 included: the orphan's copy of it was never counted.
-    result = b.flush(batch(events(3, 0, [30, 32, 1]), {P3: None}))
-    assert result == FlushResult(flush_seq=2, messages=3, counted=2, duplicates=1, rejected=0)
-    assert b.recoveries == [3]
-    assert (b.lock.recoveries, a.recoveries) == (1, [])
-    assert lock_path.read_text() == CLEAN
-    assert ledger.orphan_rows(2) == 0
-    assert counted_rows(client) == [
-        *[(event_id(n), 0, n, 1) for n in [0, 1, 2, 3]],
-        (event_id(30), 3, 0, 2),
-        (event_id(32), 3, 1, 2),
-    ]
-    assert rejection_rows(client) == []
-    assert ledger_rows(client) == [
-        (1, TOPIC, 0, 0, 3, 4, 4, 0, 0, "writer-a"),
-        (2, TOPIC, 3, 0, 2, 3, 2, 1, 0, "writer-b"),
-    ]
-    assert_verified(client, 2)
-
-    # A (restarted) reads partition 0 again from the ledger: 4. Event 30 is B's now.
-    restarted = start_writer(client, "writer-a", lock_path)
-    try:
-        assert restarted.flush(batch(events(0, 4, [30, 31, None]), {P0: 4})) == FlushResult(
-            3, 3, 1, 1, 1
-        )
-    finally:
-        restarted.sink.close()
-        restarted.lock.close()
-    assert restarted.recoveries == []
-    assert rejection_rows(client) == [(0, 6, 3)]
-    assert_verified(client, 3)
-
-
-def test_the_next_writer_recovers_a_sink_that_crashed_after_staging(
-    client: Client, writers: tuple[Writer, Writer], lock_path: Path
-) -> None:
-    a, b = writers
-    assert a.flush(batch(events(0, 0, [0, 1]), {P0: None})) == FlushResult(1, 2, 2, 0, 0)
-    crashing = start_writer(
-        client, "writer-c", lock_path, faults=CrashingFaults(crash_step="after_stage")
-    )
+    assert a.flush(batch(events(0, 0, [0, 1]), {P0: None})) == result(a, 1, 1, 2, 2, 0, 0)
+    crashing = start_writer(client, "writer-c", faults=CrashingFaults(crash_step="after_stage"))
     try:
         with pytest.raises(SimulatedCrash):
             crashing.flush(batch(events(0, 2, [5, 6, None]), {P0: 2}))
     finally:
         crashing.sink.close()
-        crashing.lock.close()
-    # The sink let go of the lock without marking it clean, its staged rows in place.
-    assert lock_path.read_text() == f"dirty {os.getpid()}\n"
-    assert Ledger(client).orphan_rows(1) == 3
+    janitor = Janitor(Ledger(client))
+    assert janitor.delete_orphans() == ()  # it could still commit: nobody counted offset 2
+    assert len(counted_rows(client)) == 4
 
-    assert b.flush(batch(events(0, 2, [5, 6, None]), {P0: 2})) == FlushResult(2, 3, 2, 0, 1)
-    assert b.recoveries == [3]
-    assert lock_path.read_text() == CLEAN
+    # B takes the partition over and counts from 2; now the orphans can never commit.
+    assert b.flush(batch(events(0, 2, [5, 6, None]), {P0: 2})) == result(b, 1, 2, 3, 2, 0, 1)
+    assert janitor.delete_orphans() == (crashing.flush_seq(1),)
     assert counted_rows(client) == [
-        (event_id(0), 0, 0, 1),
-        (event_id(1), 0, 1, 1),
-        (event_id(5), 0, 2, 2),
-        (event_id(6), 0, 3, 2),
+        (event_id(0), 0, 0, a.flush_seq(1)),
+        (event_id(1), 0, 1, a.flush_seq(1)),
+        (event_id(5), 0, 2, b.flush_seq(1)),
+        (event_id(6), 0, 3, b.flush_seq(1)),
     ]
-    assert rejection_rows(client) == [(0, 4, 2)]
+    assert rejection_rows(client) == [(0, 4, b.flush_seq(1))]
     assert_verified(client, 2)
+
+
+@pytest.mark.parametrize("step", ["after_commit", "after_apply_model_daily_rollup"])
+def test_a_flush_its_writer_did_not_fold_is_folded_once_by_another(
+    client: Client, writers: tuple[Writer, Writer], step: str
+) -> None:
+    a, _ = writers
+    crashing = start_writer(client, "writer-c", faults=CrashingFaults(crash_step=step))
+    try:
+        with pytest.raises(SimulatedCrash):
+            crashing.flush(batch(events(0, 0, [0, 1, 2]), {P0: None}))
+    finally:
+        crashing.sink.close()
+    ledger = Ledger(client)
+    janitor = Janitor(ledger, fold_after=3600)
+    assert janitor.fold_stuck() == ()  # committed a moment ago: its writer may still fold
+    assert janitor.fold_stuck(fold_after=0) == (crashing.flush_seq(1),)
+    assert protocol._views(client) == views_of([0, 1, 2])
+    # The writer comes back and folds again: nothing changes (it is marked applied).
+    assert ledger.apply(crashing.flush_seq(1)) is True
+    assert protocol._views(client) == views_of([0, 1, 2])
+    assert a.flush(batch(events(0, 3, [3]), {P0: 3})) == result(a, 1, 2, 1, 1, 0, 0)
+    assert protocol._views(client) == views_of([0, 1, 2, 3])
+    assert_verified(client, 2)
+
+
+def test_folds_wait_while_the_corrections_lease_is_held(
+    client: Client, writers: tuple[Writer, Writer]
+) -> None:
+    a, b = writers
+    leases = Leases(client)
+    assert leases.take(CORRECTIONS_LEASE, 1, b.number)
+    waits = 0
+
+    async def lease_released_after_two_waits() -> None:
+        nonlocal waits
+        waits += 1
+        # Not folded while the lease is held: the flush is committed, the views not yet.
+        assert protocol._views(client) == []
+        if waits == 2:
+            leases.release(CORRECTIONS_LEASE, 1, b.number)
+
+    a.sink._when_folds_wait = lease_released_after_two_waits
+    assert a.flush(batch(events(0, 0, [0, 1]), {P0: None})) == result(a, 1, 1, 2, 2, 0, 0)
+    assert waits == 2
+    assert protocol._views(client) == views_of([0, 1])
+    assert_verified(client, 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import http.server
+import json
 import socket
 import threading
 import uuid
@@ -371,7 +372,7 @@ def _sink(
     return ClickHouseSink(
         Ledger(cast(Client, client or object())),
         letters or _Letters(),
-        next_flush_seq=1,
+        writer_no=1,
         worker="test",
         fatal_tries=fatal_tries,
         retry_first_seconds=0.001,
@@ -481,14 +482,17 @@ class _StoreWithoutLedgerColumn:
     def query(self, sql: str, parameters: Any = None) -> _Result:
         return _Result([])
 
-    def insert(self, table: str, rows: Any, column_names: Any, settings: Any = None) -> None:
-        if table == "metering.flush_ledger":
+    def command(self, sql: str, parameters: Any = None) -> None:
+        if sql.startswith("INSERT INTO metering.flush_ledger"):
             self.commit_tries += 1
             raise DatabaseError(
                 _body(16, "NO_SUCH_COLUMN_IN_TABLE", "No such column worker in table"),
                 code=16,
                 name="NO_SUCH_COLUMN_IN_TABLE",
             )
+        self.inserted.append("rollup")
+
+    def insert(self, table: str, rows: Any, column_names: Any, settings: Any = None) -> None:
         self.inserted.append(table)
 
     def insert_arrow(self, table: str, columns: Any, settings: Any = None) -> None:
@@ -527,18 +531,31 @@ def test_a_flush_whose_commit_meets_a_schema_mismatch_stops_without_committing()
 
 def test_a_flush_retries_dead_letters_then_commits() -> None:
     class _Store(_StoreWithoutLedgerColumn):
-        def insert(self, table: str, rows: Any, column_names: Any, settings: Any = None) -> None:
-            self.inserted.append(table)
+        """Commits and folds succeed; the commit read back holds this flush."""
+
+        committed: tuple[int, int] | None = None
 
         def command(self, sql: str, parameters: Any = None) -> None:
-            self.inserted.append("rollup")
+            if sql.startswith("INSERT INTO metering.flush_ledger"):
+                row = json.loads(parameters["rows_json"].splitlines()[0])
+                self.committed = (row["flush_seq"], row["writer_no"])
+                self.inserted.append("metering.flush_ledger")
+            else:
+                self.inserted.append("rollup")
+
+        def query(self, sql: str, parameters: Any = None) -> _Result:
+            if "WHERE commit_seq = {commit_seq:UInt64}" in sql and self.committed:
+                return _Result([list(self.committed)])
+            if "FROM metering.flush_applied WHERE flush_seq" in sql:
+                return _Result([[1]])
+            return _Result([])
 
     metrics, store = Metrics(), _Store()
     letters = _Letters([kafka_errors.KafkaConnectionError(), kafka_errors.RequestTimedOutError()])
     sink = _sink(metrics, store, letters=letters)
     result = asyncio.run(sink.flush(_batch()))
     sink.close()
-    assert (result.counted, result.rejected) == (1, 1)
+    assert (result.counted, result.rejected, result.commit_seq) == (1, 1, 1)
     assert letters.calls == 3 and len(letters.published) == 1
     assert metrics.dead_letter_failures.total.value == 2
     assert metrics.store_errors.value == 0

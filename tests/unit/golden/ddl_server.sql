@@ -1,12 +1,15 @@
 -- govmeter schema for a single ClickHouse server
 -- from store/sql/ by `metering ddl --mode server`.
 -- Every statement is idempotent. `metering migrate` runs the same statements
--- and records each file in metering.schema_migrations.
+-- and records each file in metering.schema_versions.
 
--- bookkeeping (metering/migrations.py)
+-- bookkeeping (store/migrations.py)
 CREATE DATABASE IF NOT EXISTS metering;
 
-CREATE TABLE IF NOT EXISTS metering.schema_migrations (version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version;
+CREATE TABLE IF NOT EXISTS metering.schema_versions (version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version;
+
+-- releases before 0012 stop at their first read of this view
+CREATE VIEW IF NOT EXISTS metering.schema_migrations AS SELECT toUInt32(0) AS version, '' AS name, '' AS checksum, toDateTime64(0, 3, 'UTC') AS applied_at FROM system.one WHERE throwIf(dummy = 0, 'this store is arbitrated between its writers by the store itself (govmeter migration 0012_store_arbitration): this release of govmeter predates that and cannot write to it or read it safely; upgrade it to the release that migrated the store (metering.schema_versions lists what was applied)');
 
 -- store/sql/0001_ledger.sql (sha256 39a3a574d6859de089a9bb7950c52a0fcba42f2c6cbcada37137e7eb3c3ab48f)
 CREATE TABLE IF NOT EXISTS metering.flush_ledger
@@ -444,3 +447,59 @@ ALTER TABLE metering.billing_runs ADD COLUMN IF NOT EXISTS corrections Array(Str
 ALTER TABLE metering.corrections
     ADD COLUMN IF NOT EXISTS content_sha256 String DEFAULT '',
     ADD COLUMN IF NOT EXISTS chain_sha256 String DEFAULT '';
+
+-- store/sql/0012_store_arbitration.sql (sha256 34d08fa0efaea37b2e53c168dbc811563803bc1a895b57feb42bb143ade5af7e)
+ALTER TABLE metering.flush_ledger ADD COLUMN IF NOT EXISTS commit_seq UInt64 DEFAULT flush_seq;
+
+ALTER TABLE metering.flush_ledger ADD COLUMN IF NOT EXISTS writer_no UInt32 DEFAULT 0;
+
+ALTER TABLE metering.flush_ledger
+    ADD INDEX IF NOT EXISTS commit_seq_minmax commit_seq TYPE minmax GRANULARITY 1;
+
+ALTER TABLE metering.flush_ledger MATERIALIZE INDEX commit_seq_minmax SETTINGS mutations_sync = 2;
+
+ALTER TABLE metering.flush_ledger
+    ADD CONSTRAINT IF NOT EXISTS only_registered_writers_commit__upgrade_older_govmeter_writers
+    CHECK writer_no > 0;
+
+CREATE TABLE IF NOT EXISTS metering.writers
+(
+    writer_no       UInt32,
+    writer_id       String,
+    name            String,
+    host            String,
+    pid             UInt32,
+    release         String,
+    consumer_group  String,
+    started_at      DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+ORDER BY writer_no
+SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE TABLE IF NOT EXISTS metering.writer_heartbeats
+(
+    writer_no   UInt32,
+    beat_at     DateTime64(3, 'UTC') DEFAULT now64(3),
+    state       LowCardinality(String),
+    partitions  Array(String),
+    flushes     UInt64
+)
+ENGINE = ReplacingMergeTree(beat_at)
+ORDER BY writer_no
+TTL toDateTime(beat_at) + INTERVAL 400 DAY;
+
+CREATE TABLE IF NOT EXISTS metering.store_leases
+(
+    name       LowCardinality(String),
+    term       UInt64,
+    writer_no  UInt32,
+    released   UInt8,
+    at         DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+ORDER BY (name, term, released)
+SETTINGS non_replicated_deduplication_window = 10000;
+
+ALTER TABLE metering.corrections
+    ADD COLUMN IF NOT EXISTS ledger_head UInt64 DEFAULT 18446744073709551615;
