@@ -200,14 +200,15 @@ def add_reporting_commands(subparsers: Any) -> None:
 def _add_serve_command(subparsers: Any) -> None:
     serve = subparsers.add_parser(
         "serve",
-        help="the adoption report as a live web page, read as the read-only reporter "
-        "(agency users sign in and see their agency only)",
+        help="the adoption report as a live web page; visitors sign in with a ClickHouse "
+        "user (an agency's sees its agency only) and every page is read as that user",
     )
     _store_option(serve)
     serve.add_argument(
         "--host",
         dest="serve_host",
-        help="address to listen on (env METERING_SERVE_HOST, 127.0.0.1)",
+        help="address to listen on (env METERING_SERVE_HOST, 127.0.0.1); any but loopback "
+        "needs --tls-cert and --tls-key, or --insecure-http",
     )
     serve.add_argument(
         "--port",
@@ -224,6 +225,35 @@ def _add_serve_command(subparsers: Any) -> None:
     )
     serve.add_argument(
         "--top", type=_positive_int, default=10, help="agencies ranked per tenant (10)"
+    )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PATH",
+        help="serve HTTPS (TLS 1.2 or later) with this PEM certificate (chain); needs --tls-key",
+    )
+    serve.add_argument(
+        "--tls-key", type=Path, metavar="PATH", help="the certificate's private key (PEM)"
+    )
+    serve.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP on a non-loopback --host (only behind a TLS-terminating proxy)",
+    )
+    serve.add_argument(
+        "--public",
+        action="store_true",
+        help="show visitors who have not signed in the published aggregate (tenants and "
+        "levels of government, small cells suppressed); without it every page asks to sign in",
+    )
+    serve.add_argument(
+        "--oversight-user",
+        dest="oversight_users",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a ClickHouse user that may sign in and see every agency, as the reporter can "
+        "(repeatable)",
     )
 
 
@@ -414,9 +444,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from metering.oversight.web import ServeOptions, build_app
-    from metering.oversight.web_store import StoreEndpoint, WebStoreError
+    from metering.oversight.web_store import (
+        StoreEndpoint,
+        WebStoreError,
+        check_oversight_users,
+    )
+    from metering.oversight.web_tls import check_listen, tls_context
     from store.migrations import MigrationError, check_schema_current
 
+    host, port = settings.serve_host, settings.serve_port
+    # Configuration errors (SettingsError, exit 2) before the store is read.
+    tls = args.tls_cert is not None or args.tls_key is not None
+    check_listen(host, tls=tls, insecure_http=args.insecure_http)
+    ssl_context = tls_context(args.tls_cert, args.tls_key)
+    oversight_users = check_oversight_users(args.oversight_users, settings)
     try:
         endpoint = StoreEndpoint.from_settings(settings)
         client = endpoint.connect(endpoint.reporter)  # the reporter can sign in, or say so
@@ -427,15 +468,28 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     except (WebStoreError, MigrationError) as error:
         print(f"metering serve: {error}", file=sys.stderr)
         return 1
-    app = build_app(endpoint, ServeOptions(args.min_cell_users, args.top))
-    host, port = settings.serve_host, settings.serve_port
+    options = ServeOptions(
+        args.min_cell_users,
+        args.top,
+        public=args.public,
+        tls=ssl_context is not None,
+        oversight_users=oversight_users,
+    )
+    app = build_app(endpoint, options)
+    scheme = "https" if ssl_context is not None else "http"
+    shown = f"[{host}]" if ":" in host else host
+    anonymous = (
+        "visitors who have not signed in see the published aggregate"
+        if args.public
+        else "every page asks to sign in"
+    )
     print(
-        f"metering serve: the oversight page is on http://{host}:{port}/ (store "
-        f"{endpoint.describe()} read as {endpoint.reporter.user}; agency users sign in at "
-        "/login)",
+        f"metering serve: the oversight page is on {scheme}://{shown}:{port}/ (store "
+        f"{endpoint.describe()}; {anonymous}; agency users, {endpoint.reporter.user}"
+        f"{''.join(', ' + name for name in sorted(oversight_users))} sign in at /login)",
         flush=True,
     )
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None)
     return 0
 
 

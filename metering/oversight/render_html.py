@@ -65,7 +65,8 @@ header { padding: 28px 40px 18px; background: #0f2a47; color: #fff; }
 header h1 { margin: 0 0 4px; font-size: 26px; font-weight: 600; }
 header p { margin: 2px 0; color: #dce5f0; }
 header a { color: #fff; }
-nav.controls { padding: 12px 40px; background: #16365a; color: #fff; }
+nav.controls { padding: 12px 40px; background: #16365a; color: #fff; display: flex;
+               flex-wrap: wrap; gap: 10px 18px; align-items: flex-end; }
 nav.controls form { display: flex; flex-wrap: wrap; gap: 10px 18px; align-items: flex-end;
                     margin: 0; }
 nav.controls label { display: flex; flex-direction: column; font-size: 13px; gap: 3px; }
@@ -74,8 +75,21 @@ nav.controls select, nav.controls button { font: inherit; padding: 5px 8px; bord
         border: 1px solid #8fa6c1; background: #fff; color: var(--ink); min-height: 34px; }
 nav.controls button { background: #ffdd00; border-color: #ffdd00; font-weight: 700;
                       cursor: pointer; }
-nav.controls .who { margin-left: auto; font-size: 13px; }
+nav.controls .who { margin-left: auto; font-size: 13px; display: flex; flex-wrap: wrap;
+                    gap: 6px 12px; align-items: center; }
+nav.controls .who p { margin: 0; }
+nav.controls .who button { background: transparent; border-color: #fff; color: #fff;
+                           font-weight: 400; }
 nav.controls a { color: #fff; }
+form.sign-in { display: grid; gap: 4px; max-width: 26em; margin: 18px 0; }
+form.sign-in label { font-weight: 600; margin-top: 10px; }
+form.sign-in input { font: inherit; padding: 6px 8px; min-height: 36px; border-radius: 4px;
+                     border: 1px solid var(--muted); color: var(--ink); background: #fff; }
+form.sign-in button { justify-self: start; margin-top: 16px; font: inherit; font-weight: 700;
+                      padding: 7px 18px; border-radius: 4px; border: 1px solid #0f2a47;
+                      background: #0f2a47; color: #fff; cursor: pointer; }
+.problem { margin: 18px 0 0; padding: 10px 14px; border-left: 5px solid #a4262c;
+           background: #fdf2f2; }
 main { display: block; padding: 8px 40px 40px; max-width: 1280px; }
 section.tenant { margin-top: 28px; }
 h2 { font-size: 22px; margin: 0 0 12px; padding-bottom: 6px;
@@ -172,11 +186,17 @@ def report_header(report: PublishedReport, scope: str | None = None) -> str:
     )
 
 
-def report_body(report: PublishedReport, agency_link: AgencyLink = None) -> str:
-    """One section per tenant; `agency_link` makes agency ids links to their pages."""
+def report_body(
+    report: PublishedReport, agency_link: AgencyLink = None, *, aggregate_only: bool = False
+) -> str:
+    """One section per tenant; `agency_link` makes agency ids links to their pages.
+    `aggregate_only`: the headline figures and the levels of government, nothing else."""
     if not report.tenants:
         return '<p class="note">No counted usage in this period.</p>'
-    return "\n".join(_tenant_section(t, report, agency_link) for t in report.tenants)
+    return "\n".join(
+        _tenant_section(t, report, agency_link, aggregate_only=aggregate_only)
+        for t in report.tenants
+    )
 
 
 def _fmt(value: int | None) -> str:
@@ -187,7 +207,9 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}%"
 
 
-def _tenant_section(tenant: PublishedTenant, report: PublishedReport, link: AgencyLink) -> str:
+def _tenant_section(
+    tenant: PublishedTenant, report: PublishedReport, link: AgencyLink, *, aggregate_only: bool
+) -> str:
     name = escape(tenant.tenant)
     total = tenant.total
     n = report.min_cell_users
@@ -203,14 +225,17 @@ def _tenant_section(tenant: PublishedTenant, report: PublishedReport, link: Agen
         )
     )
     base = f"tenant-{name}"
-    charts = "".join(
-        [
-            _daily_figure(tenant, report, f"{base}-daily"),
-            _level_figure(tenant, n, f"{base}-levels"),
-            _agency_figure(tenant, report, f"{base}-agencies", link),
-            _model_figure(tenant, n, f"{base}-models"),
-        ]
-    )
+    if aggregate_only:
+        charts = _level_figure(tenant, n, f"{base}-levels")
+    else:
+        charts = "".join(
+            [
+                _daily_figure(tenant, report, f"{base}-daily"),
+                _level_figure(tenant, n, f"{base}-levels"),
+                _agency_figure(tenant, report, f"{base}-agencies", link),
+                _model_figure(tenant, n, f"{base}-models"),
+            ]
+        )
     return f"""<section class="tenant" id="{base}" data-tenant="{name}" \
 aria-labelledby="{base}-title">
 <h2 id="{base}-title">{name}</h2>

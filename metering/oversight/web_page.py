@@ -1,10 +1,13 @@
 """The live oversight page of `metering serve`: the adoption report's page with period
-and agency pickers and the viewer's login state around it. Pure: no I/O.
+and agency pickers and the viewer's sign-in state around it, and the sign-in page.
+Pure: no I/O.
 
 The pickers are a plain GET form (no scripts): a fiscal year, and either the whole
-fiscal year or one of its months (October first, as the fiscal year runs), and on the
-public page an agency. Every control has a visible label and the keyboard reaches each
-in page order; the report itself comes from `render_html` unchanged.
+fiscal year or one of its months (October first, as the fiscal year runs), and for an
+oversight user an agency. Every control has a visible label and the keyboard reaches
+each in page order; the report itself comes from `render_html` unchanged. The
+published aggregate (`--public`, for visitors who have not signed in) is the tenants'
+headline figures and levels of government only, without the agency picker.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from urllib.parse import quote, urlencode
 
 from metering.oversight.render_html import page_document, report_body, report_header
 from metering.oversight.suppression import PublishedReport
+from metering.oversight.web_session import IDLE_SECONDS, MAX_SECONDS
 from metering.periods import (
     Period,
     PeriodError,
@@ -35,6 +39,7 @@ __all__ = [
     "parse_choice",
     "render_message",
     "render_page",
+    "render_sign_in",
 ]
 
 # Calendar month numbers in fiscal-year order.
@@ -114,19 +119,26 @@ class PageContext:
     choice: PeriodChoice
     fiscal_years: Sequence[int]
     agency: str | None  # the agency whose page this is, or None for all agencies
-    agencies: Sequence[str]  # agency picker choices (the public page only)
-    agency_user: str | None = None  # the logged-in agency user, if any
+    agencies: Sequence[str]  # agency picker choices (an oversight user's pages only)
+    signed_in: str | None = None  # the ClickHouse user signed in; None: the aggregate
     locked_agency: str | None = None  # the agency an agency user is limited to
+    session: bool = False  # signed in with the form (a session to end), not HTTP Basic
 
 
 def render_page(report: PublishedReport, context: PageContext) -> str:
     scope = f"agency {context.agency}" if context.agency else "all agencies"
-    if context.agency_user is not None:
-        scope += f" (signed in as {context.agency_user})"
+    if context.signed_in is not None:
+        scope += f" (signed in as {context.signed_in})"
+    else:
+        scope += ": the published aggregate, tenants and levels of government"
     title = f"Adoption report {report.period.label}"
     if context.agency:
         title += f", agency {context.agency}"
-    body = report_body(report, lambda agency: agency_path(agency, context.choice))
+    body = report_body(
+        report,
+        lambda agency: agency_path(agency, context.choice),
+        aggregate_only=context.signed_in is None,
+    )
     return page_document(
         title=title,
         header_html=report_header(report, scope),
@@ -155,6 +167,8 @@ def _controls(context: PageContext) -> str:
         agency_control = (
             f'<p class="agency-fixed">Agency: <strong>{escape(context.locked_agency)}</strong></p>'
         )
+    elif context.signed_in is None:
+        action, agency_control = "/", ""
     else:
         action = "/"
         agency_options = '<option value="">All agencies</option>' + "".join(
@@ -166,35 +180,96 @@ def _controls(context: PageContext) -> str:
             '<label for="pick-agency">Agency'
             f'<select id="pick-agency" name="agency">{agency_options}</select></label>'
         )
-    if context.agency_user is not None:
-        who = f"Signed in as {escape(context.agency_user)}. Close the browser to sign out."
-    else:
-        who = 'Public page. <a href="/login">Agency sign-in</a>'
     back = (
         f' <a href="/?{choice.query()}">All agencies</a>'
-        if context.agency and context.locked_agency is None
+        if context.agency and context.locked_agency is None and context.signed_in is not None
         else ""
     )
+    sign_out = ""
+    if context.signed_in is None:
+        who = 'Published aggregate. <a href="/login">Sign in</a> to see agencies.'
+    elif context.session:
+        who = f"Signed in as {escape(context.signed_in)}."
+        sign_out = (
+            '<form method="post" action="/logout"><button type="submit">Sign out</button></form>'
+        )
+    else:
+        who = f"Signed in as {escape(context.signed_in)} (HTTP Basic)."
     return f"""<nav class="controls" aria-label="Report period and agency">
 <form method="get" action="{escape(action)}">
 <label for="pick-fy">Fiscal year<select id="pick-fy" name="fy">{fy_options}</select></label>
 <label for="pick-month">Month<select id="pick-month" name="month">{month_options}</select></label>
 {agency_control}
 <button type="submit">Show report</button>
-<p class="who">{who}{back}</p>
 </form>
+<div class="who"><p>{who}{back}</p>{sign_out}</div>
 </nav>"""
 
 
 def render_message(title: str, message: str, *, sign_in: bool = False) -> str:
     """A page saying why there is no report (bad request, refused login, store down)."""
     link = (
-        ' <a href="/login">Sign in again</a> or <a href="/">open the public page</a>.'
+        ' <a href="/login">Sign in again</a>.'
         if sign_in
-        else ' <a href="/">Open the public page</a>.'
+        else ' <a href="/">Back to the oversight page</a>.'
     )
     return page_document(
         title=title,
         header_html=f"<h1>{escape(title)}</h1>",
         main_html=f"<p>{escape(message)}{link}</p>",
+    )
+
+
+def render_sign_in(
+    next_path: str = "/",
+    *,
+    problem: str | None = None,
+    user: str = "",
+    public: bool = False,
+    signed_in: str | None = None,
+) -> str:
+    """The sign-in form: a ClickHouse user and its password, posted to /login.
+
+    `next_path` is where a sign-in goes (a local path, checked by the caller); `problem`
+    says why the last attempt was refused; `public`: the aggregate needs no sign-in."""
+    notes = []
+    if problem is not None:
+        notes.append(f'<p class="problem" role="alert">{escape(problem)}</p>')
+    if signed_in is not None:
+        notes.append(
+            f"<p>You are signed in as {escape(signed_in)}. Signing in again replaces that "
+            'session. <a href="/">Back to the oversight page</a>.</p>'
+        )
+    aggregate = (
+        '<p>The <a href="/">published aggregate</a> (tenants and levels of government, '
+        "small cells suppressed) needs no sign-in.</p>"
+        if public
+        else ""
+    )
+    form = f"""<form class="sign-in" method="post" action="/login">
+<input type="hidden" name="next" value="{escape(next_path)}">
+<label for="sign-in-user">ClickHouse user</label>
+<input id="sign-in-user" name="user" value="{escape(user)}" autocomplete="username"
+ autocapitalize="none" spellcheck="false" required aria-describedby="sign-in-who">
+<label for="sign-in-password">Password</label>
+<input id="sign-in-password" name="password" type="password"
+ autocomplete="current-password" required>
+<button type="submit">Sign in</button>
+</form>"""
+    main = f"""{"".join(notes)}
+<p id="sign-in-who">An agency signs in with its ClickHouse user (<code>govmeter_agency_...</code>)
+and sees its own agency; the reporter, or an oversight user this server names, sees every
+agency. The password is checked by signing in to ClickHouse as that user, and every
+page is then read as that user.</p>
+{form}
+<p class="note">A session ends after {IDLE_SECONDS // 60} minutes without a page, \
+{MAX_SECONDS // 3600} hours after sign-in, when you sign out, or when the server restarts.</p>
+{aggregate}"""
+    return page_document(
+        title="Sign in: oversight page",
+        header_html=(
+            "<h1>Sign in</h1>\n<p>The adoption report of the usage-metering pipeline, read "
+            "live from the store.</p>"
+        ),
+        main_html=main,
     )

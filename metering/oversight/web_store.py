@@ -1,16 +1,21 @@
 """Who the oversight page reads the store as, and what it reads.
 
-`metering serve` never reads as the writer. A visitor who does not log in sees the
-public page, read as the read-only `reporter` user (CLICKHOUSE_REPORTER_USER,
-CLICKHOUSE_REPORTER_PASSWORD, else the local server's own `reporter.password` when
-CLICKHOUSE_URL is the local server). An agency user who logs in (HTTP Basic auth with
-its ClickHouse user `govmeter_agency_<id>` and password) is read as that very user: the
-password is checked by ClickHouse when the page connects, and ClickHouse's row filters
-keep every query to that agency's rows, whatever the page asks for.
+`metering serve` never reads as the writer. Every page is read as the ClickHouse user
+the visitor signed in with (a sign-in form, or HTTP Basic auth on each request): the
+password is checked by ClickHouse when the page connects, as that very user.
+  * An agency's user `govmeter_agency_<id>`: ClickHouse's row filters keep every query
+    to that agency's rows, whatever the page asks for.
+  * An oversight user: the read-only `reporter` (CLICKHOUSE_REPORTER_USER), or a user
+    `--oversight-user` names; it sees every agency.
+The server itself reads as the reporter (CLICKHOUSE_REPORTER_PASSWORD, else the local
+server's own `reporter.password` when CLICKHOUSE_URL is the local server) for its start
+check, `/healthz` and, with `--public` only, the published aggregate an anonymous
+visitor sees.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final
@@ -20,7 +25,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from metering.periods import Period
-from metering.settings import Settings
+from metering.settings import Settings, SettingsError
 from schemas.errors import ServiceError
 from schemas.events import AGENCY_ID
 
@@ -31,6 +36,7 @@ __all__ = [
     "Viewer",
     "WebStoreError",
     "agency_of_user",
+    "check_oversight_users",
     "data_months",
     "period_agencies",
 ]
@@ -67,8 +73,33 @@ class Viewer:
 
     def describe(self) -> str:
         if self.agency is None:
-            return f"public page (read-only user {self.user})"
+            return f"every agency (oversight user {self.user})"
         return f"agency {self.agency} (user {self.user})"
+
+
+def check_oversight_users(names: Iterable[str], settings: Settings) -> frozenset[str]:
+    """The users `--oversight-user` names, besides the reporter; SettingsError for one
+    that is an agency's user or the store's writer."""
+    writer = urlsplit(settings.clickhouse_url).username or "default"
+    users = set()
+    for name in names:
+        if not name or name != name.strip():
+            raise SettingsError(
+                f"--oversight-user {name!r} is not a ClickHouse user name: give the name alone"
+            )
+        if name.startswith(AGENCY_USER_PREFIX):
+            raise SettingsError(
+                f"--oversight-user {name} is an agency's user: agency users sign in as "
+                "themselves and see their own agency only; name an oversight user instead"
+            )
+        if name in (writer, "default"):
+            raise SettingsError(
+                f"--oversight-user {name} is the store's writer or its default user, and "
+                "metering serve never reads as them: create a read-only ClickHouse user "
+                "(readonly = 1, SELECT on the metering views) for the oversight office"
+            )
+        users.add(name)
+    return frozenset(users)
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,17 @@ which `make accessibility-setup` runs and this module runs when it is missing).
 
 `Browser` drives one headless Chromium over the Chrome DevTools protocol (the
 WebSocket client of aiohttp, no browser driver): it loads a page (with extra request
-headers, e.g. an agency user's HTTP Basic credentials), returns its DOM, runs axe-core
-on it at the WCAG 2.1 AA level, and walks it with the Tab key, describing each focused
-element and how its focus is drawn.
+headers, e.g. a session cookie or HTTP Basic credentials), follows a navigation a
+script starts (a form submitted), returns its DOM or a screenshot, runs axe-core on it
+at the WCAG 2.1 AA level, and walks it with the Tab key, describing each focused
+element and how its focus is drawn. `browser(..., flags=...)` passes extra Chromium
+flags (e.g. --ignore-certificate-errors-spki-list for a test's own certificate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -22,7 +25,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -222,6 +225,24 @@ class Browser:
         assert not reply.get("errorText"), (url, reply)
         await asyncio.wait_for(loaded.wait(), timeout=60)
 
+    async def follow(self, expression: str) -> None:
+        """Run `expression`, which navigates (e.g. submits a form); wait for the new page."""
+        loaded = self._events["Page.loadEventFired"] = asyncio.Event()
+        await self.evaluate(expression)
+        await asyncio.wait_for(loaded.wait(), timeout=60)
+
+    async def screenshot(self, width: int, height: int) -> bytes:
+        """The top `width` x `height` CSS pixels of the page (scale 1), as PNG bytes."""
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        reply = await self.send("Page.captureScreenshot", format="png")
+        return base64.b64decode(reply["data"])
+
     async def evaluate(self, expression: str, *, await_promise: bool = False) -> Any:
         reply = await self.send(
             "Runtime.evaluate",
@@ -280,7 +301,7 @@ def _text(text: str | None) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def browser(
-    browser_path: str, width: int = 1280, height: int = 1000
+    browser_path: str, width: int = 1280, height: int = 1000, flags: Sequence[str] = ()
 ) -> AsyncIterator[Browser]:
     """A headless Chromium with one page, ended when the block ends."""
     # Chromium's helper processes can still write to the profile for a moment after the
@@ -295,6 +316,7 @@ async def browser(
             "--remote-debugging-port=0",
             "--remote-debugging-address=127.0.0.1",
             f"--window-size={width},{height}",
+            *flags,
             "about:blank",
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
