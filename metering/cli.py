@@ -125,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_correct_command(commands)
 
+    from metering.writers_command import add_writers_command
+
+    add_writers_command(commands)
+
     from metering.audit import add_audit_command
 
     add_audit_command(commands)
@@ -216,6 +220,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from metering.corrections import run_correct
 
         return run_correct(args, settings)
+    if command == "writers":
+        from metering.writers_command import run_writers
+
+        return run_writers(args, settings)
     if command == "audit":
         from metering.audit import run_audit
 

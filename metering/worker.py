@@ -185,7 +185,7 @@ async def _run_in(
     watcher = None
     if until_idle is not None:
         watcher = asyncio.create_task(
-            _stop_when_idle(settings, pipeline, sink, corrections, until_idle, stop)
+            _stop_when_idle(settings, pipeline, sink, writer.janitor, corrections, until_idle, stop)
         )
     await stop.wait()
     while pipeline.busy or corrections.busy:
@@ -530,6 +530,7 @@ async def _stop_when_idle(
     settings: Settings,
     pipeline: Any,
     sink: ClickHouseSink,
+    janitor: Janitor,
     corrections: CorrectionsReader | None,
     idle_seconds: float,
     stop: asyncio.Event,
@@ -559,6 +560,9 @@ async def _stop_when_idle(
                     probe, probe.behind, settings.corrections_topic, corrections.handled()
                 )
             if behind == {} and not pipeline.busy:
+                # Before it goes: the upkeep once more (staged rows of flushes that can
+                # never commit, flushes a stopped writer did not fold).
+                await sink.run_on_store(janitor.run)
                 log.info("idle and fully flushed; stopping", extra={"idle_seconds": idle_seconds})
                 stop.set()
                 return

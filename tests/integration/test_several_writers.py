@@ -1,18 +1,22 @@
-"""Several writers on one store: plain `metering worker` processes in one consumer group.
+"""Several writers on one store, on several hosts: plain `metering worker` processes in
+one consumer group that share nothing but the store and the broker.
 
-Each writer owns some partitions of the events topic and writes its own flushes to the
-same store. That is only exact if the writers serialise their commits and each commit
-checks that the ledger of every partition it covers has not moved since the writer
-read it: a writer whose partitions moved to another (a zombie, here one paused for
-longer than the session timeout) must have its flush refused, and the dedupe of
-event_id must hold across partitions owned by different writers.
+A "host" here is a process environment of its own: its own temporary directory and
+lock directory (so nothing on the file system is shared), and, where the machine lets
+a test create a UTS namespace (`unshare --uts`), its own host name, which the writers
+register in the store. Each writer owns some partitions of the events topic and writes
+its own flushes to the same store. That is only exact if the store orders their commits
+and each commit holds only when the ledger of every partition it covers has not moved
+since the writer read it: a writer whose partitions moved to another (a zombie, here
+one paused for longer than the session timeout) must have its flush refused, and the
+dedupe of event_id must hold across partitions owned by different writers.
 
 Every test compares with an expectation computed apart from the pipeline (the golden
 file of the standard corpus, or a reference built from the events the test sends),
 exactly: the contract views, the counted events, the ledger's counted, duplicate and
 rejected totals, and the ledger itself, whose ranges must tile every partition from
 offset 0 to its end without a gap or an overlap, each flush number written by one
-writer only.
+writer only; and `metering verify` and `metering certify` must pass.
 """
 
 from __future__ import annotations
@@ -86,14 +90,56 @@ def writer_names(count: int) -> list[str]:
     return [f"writer-{number}" for number in range(1, count + 1)]
 
 
-def start_writer(run: MeteringRun, name: str, until_idle: float | None) -> subprocess.Popen[str]:
-    """A plain `metering worker` of the run's consumer group, named `name`."""
+def _can_name_hosts() -> bool:
+    try:
+        probe = subprocess.run(
+            ["unshare", "--uts", "sh", "-c", "hostname govmeter-probe && hostname"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0 and probe.stdout.strip() == "govmeter-probe"
+
+
+NAMED_HOSTS = _can_name_hosts()
+
+
+def host_env(run: MeteringRun, host: str) -> dict[str, str]:
+    """What a host has of its own: a temporary directory and a lock directory."""
+    home = run.workdir / "hosts" / host
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    return {"TMPDIR": str(home / "tmp"), "METERING_LOCK_DIR": str(home / "locks")}
+
+
+def on_host(host: str, args: list[str]) -> list[str]:
+    """`args` run under the host name `host` (when the machine allows it)."""
+    if not NAMED_HOSTS:
+        return args
+    return ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "--", *args]
+
+
+def start_writer(
+    run: MeteringRun,
+    name: str,
+    until_idle: float | None,
+    host: str = "host-a",
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """A plain `metering worker` of the run's consumer group, named `name`, on `host`."""
     args = [sys.executable, "-m", "metering.cli", "worker"]
     if until_idle is not None:
         args += ["--until-idle", str(until_idle)]
     return subprocess.Popen(
-        args,
-        env={**run.env, **FAST_REBALANCE_ENV, "METERING_WORKER_NAME": name},
+        on_host(host, args),
+        env={
+            **run.env,
+            **FAST_REBALANCE_ENV,
+            **host_env(run, host),
+            "METERING_WORKER_NAME": name,
+            **(extra_env or {}),
+        },
         cwd=run.workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -116,6 +162,14 @@ class Outputs:
         ]
         for reader in self._readers:
             reader.start()
+
+    def watch(self, process: subprocess.Popen[str]) -> None:
+        """Read the lines of a process started later, too."""
+        with self._changed:
+            self._lines[process.pid] = []
+        reader = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._readers.append(reader)
+        reader.start()
 
     def _read(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
@@ -162,11 +216,20 @@ class Outputs:
 
 @contextmanager
 def writers(
-    run: MeteringRun, names: Sequence[str], until_idle: float | None
+    run: MeteringRun,
+    names: Sequence[str],
+    until_idle: float | None,
+    hosts: Sequence[str] | None = None,
+    extra_env: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[tuple[list[subprocess.Popen[str]], Outputs]]:
-    """Start one writer per name at once; whatever is still running at the end is
-    resumed (it may be paused), asked to stop, and killed if it does not."""
-    processes = [start_writer(run, name, until_idle) for name in names]
+    """Start one writer per name at once (name i on host i, or all on host-a); whatever
+    is still running at the end is resumed (it may be paused), asked to stop, and
+    killed if it does not."""
+    on = list(hosts or ["host-a"] * len(names))
+    processes = [
+        start_writer(run, name, until_idle, host, (extra_env or {}).get(name))
+        for name, host in zip(names, on, strict=True)
+    ]
     outputs = Outputs(processes)
     try:
         yield processes, outputs
@@ -305,6 +368,30 @@ def tiling_problems(rows: list[dict[str, Any]], ends: dict[int, int]) -> list[st
     return problems
 
 
+def evidence_problems(run: MeteringRun) -> list[str]:
+    """`metering verify` and `metering certify` of every month with counted events."""
+    problems: list[str] = []
+    verified = run.metering("verify")
+    if verified.returncode != 0 or not verified.stdout.rstrip().endswith("\nverified"):
+        problems.append(f"metering verify: {(verified.stdout + verified.stderr)[-1500:]}")
+    months = run.query(
+        "SELECT DISTINCT toString(toStartOfMonth(occurred_at)) AS month "
+        "FROM metering.counted_events ORDER BY month"
+    )
+    for row in months:
+        month = str(row["month"])[:7]
+        certified = run.metering("certify", "--month", month)
+        if certified.returncode != 0 or not json.loads(certified.stdout)["complete"]:
+            problems.append(
+                f"metering certify --month {month}: {(certified.stdout + certified.stderr)[-1500:]}"
+            )
+    return problems
+
+
+def registered_hosts(run: MeteringRun) -> set[str]:
+    return {str(row["host"]) for row in run.query("SELECT host FROM metering.writers")}
+
+
 def assert_exact_and_tiled(
     run: MeteringRun, want: Expectation, writers_expected: set[str] | int
 ) -> None:
@@ -321,6 +408,7 @@ def assert_exact_and_tiled(
             problems.append(f"flushes by {sorted(names)}, expected {writers_expected} writers")
     elif names != writers_expected:
         problems.append(f"flushes by {sorted(names)}, expected {sorted(writers_expected)}")
+    problems += evidence_problems(run)
     shown = "\n  ".join(problems[:PROBLEMS_SHOWN])
     more = len(problems) - PROBLEMS_SHOWN
     assert not problems, f"{len(problems)} problems:\n  {shown}" + (
@@ -331,25 +419,50 @@ def assert_exact_and_tiled(
 # -- test 1: a writer killed, another paused past the session timeout ---------------
 
 
-def test_three_writers_one_killed_one_paused(kafka_env: dict[str, str], tmp_path: Path) -> None:
+def test_three_writers_on_two_hosts_one_killed_mid_flush_one_paused(
+    kafka_env: dict[str, str], tmp_path: Path
+) -> None:
     run = MeteringRun.fresh(kafka_env, tmp_path, partitions=PARTITIONS)
     run.replay(*[CORPUS] * REPLAYS)
     names = writer_names(3)
-    with writers(run, names, until_idle=2.0) as (processes, outputs):
-        victim = outputs.next_to_log("flush committed", processes, timeout=120)
+    hosts = ["host-a", "host-a", "host-b"]
+    # writer-1 kills itself (SIGKILL) in its 4th flush, with its rows staged and no
+    # commit: the others must count that range once, and nobody's staged rows but its
+    # own may be deleted.
+    crash = {"writer-1": {"METERING_FAULT_CRASH": "after_stage@4"}}
+    with writers(run, names, until_idle=2.0, hosts=hosts, extra_env=crash) as (
+        processes,
+        outputs,
+    ):
+        victim = processes[0]
+        assert wait_for_exit(victim, outputs, 120) == -signal.SIGKILL
         marks = outputs.marks()
-        victim.send_signal(signal.SIGKILL)
-        others = [process for process in processes if process is not victim]
+        others = processes[1:]
         # Paused right after a commit of its own: its next batch is read and in flight.
         paused = outputs.next_to_log("flush committed", others, timeout=120, since=marks)
         paused.send_signal(signal.SIGSTOP)
         try:
-            time.sleep(PAUSE_SECONDS)  # its partitions move to the third writer
+            time.sleep(PAUSE_SECONDS)  # its partitions move to the other writer
         finally:
             paused.send_signal(signal.SIGCONT)
         assert_exited_zero(others, outputs)
-        assert wait_for_exit(victim, outputs, 30) == -signal.SIGKILL
     assert_exact_and_tiled(run, corpus_expectation(REPLAYS), set(names))
+    if NAMED_HOSTS:
+        assert registered_hosts(run) == {"host-a", "host-b"}
+    # The killed writer's staged rows are gone: others counted its range, so its flush
+    # could never commit, and a writer that stops idle tidies the store last.
+    orphans = run.query(
+        "SELECT (SELECT count() FROM metering.counted_events WHERE flush_seq NOT IN "
+        "(SELECT flush_seq FROM metering.flush_ledger)) + (SELECT count() FROM "
+        "metering.rejections_log WHERE flush_seq NOT IN (SELECT flush_seq FROM "
+        "metering.flush_ledger)) AS n"
+    )
+    assert int(orphans[0]["n"]) == 0
+    listed = run.metering("writers", "--all", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    states = {row["name"]: row["status"] for row in json.loads(listed.stdout)}
+    assert states["writer-2"] == states["writer-3"] == "stopped"
+    assert states["writer-1"] in ("live", "silent")  # it never said it stopped
 
 
 # -- test 2: the copies of an event on partitions of different writers --------------
@@ -495,17 +608,133 @@ def test_duplicates_across_partitions_counted_once(
     assert_exact_and_tiled(run, want, set(names))
 
 
+# -- a rolling restart: the new writer starts before the old one stops --------------
+
+
+def test_a_rolling_restart_counts_exactly(kafka_env: dict[str, str], tmp_path: Path) -> None:
+    """As a Deployment's rolling update does it: the new pod (another host) starts while
+    the old one still counts, takes some partitions in the rebalance, then the old one
+    gets SIGTERM and the new one counts the rest."""
+    run = MeteringRun.fresh(kafka_env, tmp_path, partitions=PARTITIONS)
+    run.replay(*[CORPUS] * REPLAYS)
+    old = start_writer(run, "writer-old", None, host="host-a")
+    outputs = Outputs([old])
+    new: subprocess.Popen[str] | None = None
+    try:
+        outputs.next_to_log("flush committed", [old], timeout=120)
+        new = start_writer(run, "writer-new", 2.0, host="host-b")
+        outputs.watch(new)
+        marks = outputs.marks()
+        outputs.next_to_log("flush committed", [new], timeout=120, since=marks)
+        old.send_signal(signal.SIGTERM)
+        assert wait_for_exit(old, outputs, 60) == 0, outputs.tail(old)
+        assert wait_for_exit(new, outputs, WAIT_SECONDS) == 0, outputs.tail(new)
+    finally:
+        for process in (old, new):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+        outputs.join()
+    assert_exact_and_tiled(run, corpus_expectation(REPLAYS), {"writer-old", "writer-new"})
+    if NAMED_HOSTS:
+        assert registered_hosts(run) == {"host-a", "host-b"}
+
+
+# -- a correction applied while two hosts count ----------------------------------------
+
+
+def correct(run: MeteringRun, *args: str) -> str:
+    result = run.metering(
+        "correct",
+        *args,
+        "--reason",
+        "counted in error",
+        "--requested-by",
+        "ana.billing",
+        "--approved-by",
+        "ben.cfo",
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_corrections_applied_while_two_hosts_count(
+    kafka_env: dict[str, str], tmp_path: Path
+) -> None:
+    run = MeteringRun.fresh(kafka_env, tmp_path, partitions=PARTITIONS)
+    create_events_topic(run)
+    rng = random.Random(20261207)
+    first = [Send(make_event(rng), rng.randrange(PARTITIONS)) for _ in range(600)]
+    later = [Send(make_event(rng), rng.randrange(PARTITIONS)) for _ in range(900)]
+    voided = first[17].message.event
+    amended = first[42].message.event
+    assert voided is not None and amended is not None
+    names = writer_names(2)
+    with writers(run, names, until_idle=None, hosts=["host-a", "host-b"]) as (
+        processes,
+        outputs,
+    ):
+        group_assignment(run, members=2)
+        publish(run, first)
+        wait_until_flushed(run)
+        # The corrections go out while the later events are being counted by both.
+        sender = threading.Thread(target=publish, args=(run, later))
+        sender.start()
+        void_id = correct(run, "void", "--event-id", voided["event_id"])
+        amend_id = correct(
+            run, "amend", "--event-id", amended["event_id"], "--tokens-in", "7", "--tokens-out", "9"
+        )
+        sender.join()
+        wait_until_flushed(run)
+        wait_for(
+            "both corrections applied",
+            lambda: len(run.query("SELECT correction_id FROM metering.corrections_applied")) == 2,
+            60,
+        )
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        assert_exited_zero(processes, outputs)
+    decided = run.query(
+        "SELECT correction_id, status, events_marked FROM metering.corrections "
+        "ORDER BY correction_seq"
+    )
+    assert [(d["correction_id"], d["status"], int(d["events_marked"])) for d in decided] == [
+        (void_id, "applied", 1),
+        (amend_id, "applied", 1),
+    ]
+    corrected: list[Message] = []
+    for send in first + later:
+        event = send.message.event
+        assert event is not None
+        if event["event_id"] == voided["event_id"]:
+            continue
+        if event["event_id"] == amended["event_id"]:
+            event = {**event, "tokens_in": 7, "tokens_out": 9}
+        corrected.append(Message(send.message.key, send.message.value, event=event))
+    sends = first + later
+    want = Expectation(
+        views=expected_views(corrected),
+        rejected={},
+        counted=len(sends),
+        duplicates=0,
+        messages=len(sends),
+    )
+    assert_exact_and_tiled(run, want, set(names))
+
+
 # -- test 3: the supervisor of N writers ------------------------------------------
 
 
 def test_processes_flag_counts_exactly(kafka_env: dict[str, str], tmp_path: Path) -> None:
     run = MeteringRun.fresh(kafka_env, tmp_path, partitions=PARTITIONS)
-    run.replay(CORPUS)
+    # Three copies: one is counted by the first writers to join before the third has
+    # its partitions (the writers no longer wait for each other at the ledger).
+    run.replay(*[CORPUS] * REPLAYS)
     result = run.metering(
         "worker", "--processes", "3", "--until-idle", "2", extra_env=FAST_REBALANCE_ENV, timeout=240
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert_exact_and_tiled(run, corpus_expectation(1), writers_expected=3)
+    assert_exact_and_tiled(run, corpus_expectation(REPLAYS), writers_expected=3)
 
 
 # -- test 4: the supervisor restarts a killed writer and takes its writers with it ----
