@@ -96,3 +96,13 @@ def test_the_server_gets_the_local_servers_reporter(services: dict[str, dict[str
         committed == render_server_reporter_xml()
     )  # regenerate: python -m store.local_server reporter-xml
     assert "CLICKHOUSE_REPORTER_PASSWORD" in _environment(clickhouse)
+
+
+def test_two_writer_replicas_each_with_a_host_port(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    replicas = int(worker["deploy"]["replicas"])
+    assert replicas == 2
+    (mapping,) = worker["ports"]
+    host, container = str(mapping).rsplit(":", 1)
+    first, last = (int(port) for port in host.split(":")[-1].split("-"))
+    assert (last - first + 1, container) == (replicas, "9464")
