@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("METERING_WORKER_PROCESSES", "1"),
         help="the worker's writer processes (METERING_WORKER_PROCESSES; 'auto': one per core)",
     )
+    p.add_argument(
+        "--hosts",
+        type=int,
+        default=0,
+        help="also count the topic with this many writers as hosts of their own "
+        "(bench.hosts: own TMPDIR, lock dir and host name; one process each)",
+    )
     p.add_argument("--timeout", type=float, help="seconds per step (default: from --messages)")
     p.add_argument("--work-dir", type=Path, help="stores and logs (default: a temp directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory and topics")
@@ -142,15 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"{contender.name}: {row.status} in {row.seconds or 0:.1f} s ({row.detail})")
         return row
 
-    def worker_bench(topic: str, reference: Reference, **options: object) -> BenchRun:
+    def worker_bench(
+        topic: str, reference: Reference, *, hosts: int = 1, **options: object
+    ) -> BenchRun:
         # A directory per run: each worker row starts its own server on a store of its own.
-        own = work / topic
+        own = work / (topic if hosts <= 1 else f"{topic}-hosts-{hosts}")
         own.mkdir(parents=True, exist_ok=True)
         return BenchRun(
             bootstrap=args.bootstrap, topic=topic, partitions=args.partitions, work=own,
             repo=_REPO, reference=reference, idle_seconds=args.idle, timeout=timeout,
             flushed_messages=expected.lines,
-            worker_env={"METERING_WORKER_PROCESSES": str(args.processes)},
+            worker_env={"METERING_WORKER_PROCESSES": str(args.processes if hosts <= 1 else 1)},
+            hosts=hosts,
             **options,  # type: ignore[arg-type]
         )  # fmt: skip
 
@@ -171,6 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"floor: {floor.status} ({floor.detail}); worker alone ...")
         alone = _worker(worker_bench(replay_topic, expected.reference), expected)
         _say(f"worker alone: {alone.measured.status} ({alone.measured.detail})")
+        as_hosts: _Worker | None = None
+        if args.hosts > 1:
+            _say(f"worker as {args.hosts} hosts ...")
+            as_hosts = _worker(
+                worker_bench(replay_topic, expected.reference, hosts=args.hosts), expected
+            )
+            _say(f"as hosts: {as_hosts.measured.status} ({as_hosts.measured.detail})")
 
         create_topic(args.bootstrap, both_topic, args.partitions)
         overlapped: list[Row] = []
@@ -198,10 +215,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report = _report(args, corpus.path, size_mb, expected, began)
     report += ["", format_rows([kcat, replay, *overlapped], expected.lines), ""]
-    alone.measured = _named(alone.measured, "worker alone (local server)")
+    processes = f", --processes {args.processes}" if args.processes != "1" else ""
+    alone.measured = _named(alone.measured, f"worker alone (local server{processes})")
     both.measured = _named(both.measured, "worker while replay publishes")
-    report += [format_table([floor, alone.measured, both.measured]), ""]
-    for label, run in (("alone", alone), ("while publishing", both)):
+    rows = [floor, alone.measured]
+    runs = [("alone", alone)]
+    if as_hosts is not None:
+        as_hosts.measured = _named(as_hosts.measured, f"worker as {args.hosts} hosts")
+        rows.append(as_hosts.measured)
+        runs.append((f"as {args.hosts} hosts", as_hosts))
+    rows.append(both.measured)
+    runs.append(("while publishing", both))
+    report += [format_table(rows), ""]
+    for label, run in runs:
         if run.server is not None:
             report += format_server(run.measured, run.server)
         report.append(
@@ -215,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [kcat.status, replay.status, *(r.status for r in overlapped), floor.status]
     results += [alone.measured.status, both.measured.status]
     checks = alone.counters.ok and both.counters.ok
+    if as_hosts is not None:
+        results.append(as_hosts.measured.status)
+        checks = checks and as_hosts.counters.ok
     return 0 if checks and all(s in ("OK", "NOT RUN") for s in results) else 1
 
 

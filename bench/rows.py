@@ -68,6 +68,7 @@ class BenchRun:
     flushed_messages: int | None = None
     before_worker: Callable[[], None] | None = None  # called just before it is spawned
     floor_args: tuple[str, ...] = ()  # extra arguments of the floor rows
+    hosts: int = 1  # >1: the worker runs as that many writers on "hosts" (bench.hosts)
 
     def group(self, row: str) -> str:
         return f"{self.topic}-{row}"
@@ -170,7 +171,10 @@ def _worker_env(bench: BenchRun, row: str, url: str) -> dict[str, str]:
 
 
 def _worker_argv(bench: BenchRun) -> list[str]:
-    return [bench.python, "-m", "metering.cli", "worker", "--until-idle", str(bench.idle_seconds)]
+    worker = [bench.python, "-m", "metering.cli", "worker", "--until-idle", str(bench.idle_seconds)]
+    if bench.hosts > 1:
+        return [bench.python, "-m", "bench.hosts", str(bench.hosts), "--", *worker]
+    return worker
 
 
 def _measure_worker(

@@ -35,7 +35,7 @@ from metering.topics import ensure_topics, partitions_of
 from metering.worker_progress import show_worker_progress
 from schemas.errors import ServiceError
 from store import describe_store
-from store.connection import connect
+from store.connection import connect, for_a_cluster_writer
 from store.corrections import CorrectionStore
 from store.ledger import Janitor, Ledger
 from store.migrations import OlderWritersActiveError
@@ -315,6 +315,9 @@ async def _open_writer(
     loop = asyncio.get_running_loop()
     client = await loop.run_in_executor(None, _migrated_store, settings)
     stack.callback(client.close)
+    on_cluster = settings.effective_clickhouse_mode == "cluster"
+    if on_cluster:
+        for_a_cluster_writer(client)
     apply_retention(
         client,
         settings.raw_retention_days,
@@ -406,7 +409,11 @@ async def _open_writer(
         faults,
     )
     heartbeat = Heartbeat(
-        lambda: connect(settings.clickhouse_url),
+        lambda: (
+            for_a_cluster_writer(connect(settings.clickhouse_url))
+            if on_cluster
+            else connect(settings.clickhouse_url)
+        ),
         writer_no,
         every=settings.heartbeat_seconds,
         partitions=writer.held_partitions,

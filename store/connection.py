@@ -23,11 +23,13 @@ from clickhouse_connect.driver.client import Client
 from schemas.errors import ServiceError
 
 __all__ = [
+    "CLUSTER_WRITER_SETTINGS",
     "StoreBusyError",
     "StoreError",
     "connect",
     "describe_store",
     "embedded_path",
+    "for_a_cluster_writer",
     "without_password",
 ]
 
@@ -37,6 +39,24 @@ _CLIENT_SETTINGS: Final[dict[str, Any]] = {
     "async_insert": 0,
     "max_query_size": 256 * 1024 * 1024,
 }
+
+
+# A writer on a cluster (one shard, several replicas) must see every commit any writer
+# made on any replica before its own conditional commit, fold and lookup: inserts wait
+# for a quorum of replicas, in order, and reads see every quorum insert
+# (docs/clickhouse-cluster.md, "Several writers on a cluster").
+CLUSTER_WRITER_SETTINGS: Final[dict[str, Any]] = {
+    "insert_quorum": "auto",
+    "insert_quorum_parallel": 0,
+    "select_sequential_consistency": 1,
+}
+
+
+def for_a_cluster_writer(client: Client) -> Client:
+    """`client` with `CLUSTER_WRITER_SETTINGS` on every query it sends."""
+    for name, value in CLUSTER_WRITER_SETTINGS.items():
+        client.set_client_setting(name, value)
+    return client
 
 
 class StoreError(ServiceError):
