@@ -40,7 +40,7 @@ from store.corrections import CorrectionStore
 from store.ledger import Janitor, Ledger
 from store.migrations import OlderWritersActiveError
 from store.retention import apply_retention
-from store.writers import Leases, Registry, WriterIdentity
+from store.writers import CORRECTIONS_LEASE, Leases, Registry, WriterIdentity
 from store.writers.checks import check_arbitration
 from streams.app import FaustDeadLetterPublisher, attach_pipeline, build_app
 from streams.corrections import CorrectionApplier, CorrectionsReader, unblock_folds
@@ -185,7 +185,9 @@ async def _run_in(
     watcher = None
     if until_idle is not None:
         watcher = asyncio.create_task(
-            _stop_when_idle(settings, pipeline, sink, writer.janitor, corrections, until_idle, stop)
+            _stop_when_idle(
+                settings, pipeline, sink, writer.janitor, writer, corrections, until_idle, stop
+            )
         )
     await stop.wait()
     while pipeline.busy or corrections.busy:
@@ -258,6 +260,13 @@ class _Writer:
         """On the store thread: a corrections lease held by a silent writer is taken over
         and finished, so folds do not wait for it."""
         return unblock_folds(self.lease, self.correction_store, self.ledger, self.faults)
+
+    def corrections_settled(self) -> bool:
+        """On the store thread: every committed correction is rebuilt and nobody holds
+        the corrections lease (one a gone writer holds is taken over and finished)."""
+        self.unblock_folds()
+        state = Leases(self.client).state(CORRECTIONS_LEASE)
+        return (state is None or state.released) and not self.correction_store.unapplied()
 
     async def tend_the_store(self, stop: asyncio.Event) -> None:
         """Now and then, on the store thread: fold flushes another writer committed but
@@ -538,6 +547,7 @@ async def _stop_when_idle(
     pipeline: Any,
     sink: ClickHouseSink,
     janitor: Janitor,
+    writer: _Writer,
     corrections: CorrectionsReader | None,
     idle_seconds: float,
     stop: asyncio.Event,
@@ -554,6 +564,8 @@ async def _stop_when_idle(
             positions = await sink.run_on_store(sink.ledger.resume_positions)
             if await sink.run_on_store(sink.ledger.unapplied_flushes):
                 continue  # committed but not folded yet (its writer or the upkeep folds it)
+            if not await sink.run_on_store(writer.corrections_settled):
+                continue  # a correction is being applied, or was left by a writer that died
             ledger = {
                 partition: offset
                 for (topic, partition), offset in positions.items()

@@ -12,6 +12,8 @@ leases`) and what `metering writers` shows.
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,8 +76,27 @@ class WriterInfo:
     flushes: int
 
     def live(self, timeout: float) -> bool:
-        """Beating, and last heard from within `timeout` seconds."""
-        return self.state in ("registered", "live") and self.last_beat_age < timeout
+        """Beating, and last heard from within `timeout` seconds, and not known to be
+        gone (a process of this host's name whose pid is not running here is gone)."""
+        if self.state not in ("registered", "live") or self.last_beat_age >= timeout:
+            return False
+        return not self.gone_from_this_host()
+
+    def gone_from_this_host(self) -> bool:
+        """Registered from this host, and its pid is no process here (not this one).
+
+        Only ever a shortcut to a verdict the timeout reaches anyway: a process of
+        another host that happens to share this host's name is at worst taken for
+        gone early, and what depends on it (a lease takeover) is safe then too."""
+        if self.host != socket.gethostname() or self.pid == os.getpid() or self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def status(self, timeout: float) -> str:
         if self.state == "stopped":
