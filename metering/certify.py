@@ -42,6 +42,7 @@ from clickhouse_connect.driver.client import Client
 from metering.billing.reconcile import reconcile
 from metering.kafka_retention import read_expired
 from metering.periods import Period
+from store.ledger.integrity import lost_ranges
 from store.ledger.sql import COMMITTED_EVENTS
 
 __all__ = ["Certificate", "certify", "record_certificate", "render_certificate"]
@@ -113,6 +114,7 @@ class Certificate:
                 "per partition: each flush's first_offset = previous last_offset + 1, "
                 "or the gap is recorded in metering.expired_offsets",
                 "store: ledger counted = counted_events rows of committed flushes",
+                "store: no range of the ledger is lost (metering.lost_ranges is empty)",
                 "period, per agency: counted events after corrections = rollups = billed "
                 "(latest run)",
                 "period: every applied correction is rebuilt into the rollups",
@@ -129,9 +131,16 @@ class Certificate:
 def certify(client: Client, period: Period, now: datetime) -> Certificate:
     cert = Certificate(period=period, created_at=now)
     _partitions(client, cert)
+    _lost(client, cert)
     _period(client, period, cert)
     _corrections(client, period, cert)
     return cert
+
+
+def _lost(client: Client, cert: Certificate) -> None:
+    """Ranges the ledger holds whose rows the store lost and Kafka could not give back."""
+    for lost in lost_ranges(client):
+        cert.inequalities.append(f"store: lost {lost.describe()}")
 
 
 def _corrections(client: Client, period: Period, cert: Certificate) -> None:

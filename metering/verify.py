@@ -210,6 +210,11 @@ def _verify_chain(client: Client, result: VerifyResult) -> None:
                 what.append(f"counted_events holds {len(events)} rows, the ledger {counted}")
             if len(rejections) != rejected:
                 what.append(f"rejections_log holds {len(rejections)} rows, the ledger {rejected}")
+            if len(events) < counted or len(rejections) < rejected:
+                what.append(
+                    "rows of a committed flush are missing: start `metering worker`, which "
+                    "reads its ranges from Kafka again (or records them as lost)"
+                )
             if not what:
                 what.append(
                     "a stored field of its counted events, rejections or ledger ranges changed"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import importlib.metadata
 import logging
@@ -44,11 +45,12 @@ from store.writers import CORRECTIONS_LEASE, Leases, Registry, WriterIdentity
 from store.writers.checks import check_arbitration
 from streams.app import FaustDeadLetterPublisher, attach_pipeline, build_app
 from streams.corrections import CorrectionApplier, CorrectionsReader, unblock_folds
-from streams.corrections_lease import CorrectionsLease
+from streams.corrections_lease import CorrectionsLease, LeaseBusyError, rebuild_rollups_if_short
 from streams.dead_letter import DeadLetterPublisher
 from streams.faults import FaultPlan
 from streams.heartbeat import Heartbeat
 from streams.intake import BatchIntake, CommittedReadProbe, known_earliest
+from streams.ledger_repair import RangeReader, repair_the_ledger
 from streams.metrics import Metrics
 from streams.options import StreamOptions
 from streams.pipeline import MeteringPipeline
@@ -353,6 +355,31 @@ async def _open_writer(
     # folds); a corrections lease of a silent writer is finished.
     report = janitor.run(fold_after=0)
     unblock_folds(lease, correction_store, ledger, faults)
+    # The ledger must not be ahead of its data (a power loss can drop the newest parts
+    # of a table): damaged flushes are read again from Kafka or recorded as lost, and
+    # the rollups are checked against the counted events, and rebuilt if they differ.
+    reader = RangeReader(options.kafka)
+    try:
+        repaired = await repair_the_ledger(
+            ledger, reader, lambda call: loop.run_in_executor(None, call), worker=worker_name
+        )
+    finally:
+        await reader.close()
+    try:
+        await loop.run_in_executor(
+            None,
+            functools.partial(
+                rebuild_rollups_if_short,
+                correction_store,
+                ledger,
+                lease,
+                rebuild=repaired.changed,
+            ),
+        )
+    except LeaseBusyError as busy:
+        log.info(
+            "rollups not checked at start: a correction is being applied", extra={"why": str(busy)}
+        )
     filter_known = ledger.max_committed_seq()
     seen_ids = None
     if settings.dedupe_filter_mb:

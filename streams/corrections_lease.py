@@ -27,6 +27,7 @@ __all__ = [
     "LeaseLostError",
     "finish_corrections",
     "fold_up_to",
+    "rebuild_rollups_if_short",
 ]
 
 log = logging.getLogger("govmeter.corrections")
@@ -161,3 +162,32 @@ def rebuild_and_mark(
     store.rebuild(keys, f"correction-{correction_id}-{attempt}", after_each, head=head, term=term)
     store.mark_applied(seq, correction_id, len(keys), term=term)
     return len(keys)
+
+
+def rebuild_rollups_if_short(
+    store: CorrectionStore, ledger: Ledger, lease: CorrectionsLease, *, rebuild: bool = False
+) -> list[str]:
+    """Under the corrections lease (no fold runs meanwhile): fold every committed flush,
+    compare each rollup with the corrected record, and rebuild them all from it when one
+    differs (or when `rebuild`). Returns the differences found. `LeaseBusyError` while a
+    live writer holds the lease."""
+    held = lease.take()
+    try:
+        finish_corrections(store, ledger, held.term)
+        head = ledger.max_committed_seq()
+        fold_up_to(ledger, head, held.term)
+        short = store.rollups_short_of(head)
+        if short or rebuild:
+            log.error(
+                "the rollups differ from the counted events; rebuilding them",
+                extra={"differences": short, "ledger_head": head},
+            )
+            store.rebuild_all(f"rebuild-{uuid.uuid4().hex[:12]}", head=head, term=held.term)
+            after = store.rollups_short_of(head)
+            if after:
+                raise RuntimeError(f"the rollups still differ after a rebuild: {after}")
+    except Exception:
+        lease.release(held)
+        raise
+    lease.release(held)
+    return short

@@ -319,7 +319,7 @@ class ClickHouseSink:
         lap("lookup")
 
         # 2. Stage counted events and rejections, tagged with the flush.
-        rejection_rows = [_rejection_row(r, seq, now) for r in batch.rejected]
+        rejection_rows = [rejection_row(r, seq, now) for r in batch.rejected]
         if new:
             await self._store(
                 "stage counted events",
@@ -743,7 +743,7 @@ def flush_content_sha256(
     return digest.hexdigest()
 
 
-def _rejection_row(rejected: Any, seq: int, now: datetime) -> list[Any]:
+def rejection_row(rejected: Any, seq: int, now: datetime) -> list[Any]:
     source = rejected.source
     rejection = rejected.rejection
     return [

@@ -19,6 +19,7 @@ __all__ = [
     "CORRECTION_TYPES",
     "DECIDED",
     "EVENT_STATE",
+    "FILL_AGENCIES",
     "MARKED",
     "MARKS_OF",
     "MARK_APPLIED",
@@ -32,12 +33,16 @@ __all__ = [
     "UNAPPLIED",
     "RollupKey",
     "committed_up_to",
+    "delete_all_sql",
     "delete_keys_sql",
     "delete_orphan_marks_sql",
+    "fill_agencies_sql",
     "first_counted_source",
     "holding",
     "marks_sql",
+    "rebuild_all_sql",
     "rebuild_keys_sql",
+    "rollup_totals_sql",
 ]
 
 CORRECTION_COLUMNS: Final = (
@@ -343,6 +348,67 @@ def rebuild_keys_sql(
 MARK_APPLIED: Final = "metering.corrections_applied"
 
 
+# Which agency may read which correction and which of its marks (migration 0013; the
+# agency users' row filters read it: store/local_server/config.py). For every committed
+# correction that has no rows yet: each event it dealt with (each event it marked, or
+# the one event an event correction named and did not mark) and every agency that event
+# was in: before the correction (the agency of the event's latest earlier committed
+# mark, else the agency it was counted for), after it (the correction's own mark), and
+# the agency it was first counted for. Derived from the committed record alone, so it
+# can run at any time; one insert of one block (the settings), so a crash leaves a
+# correction with all of its rows or none. `{guard}`: the lease condition.
+FILL_AGENCIES: Final = """\
+INSERT INTO metering.correction_agencies (correction_seq, event_id, agency_id)
+WITH
+    (SELECT groupArray(correction_seq) FROM metering.corrections
+     WHERE correction_seq NOT IN (SELECT correction_seq FROM metering.correction_agencies))
+        AS todo,
+    dealt AS
+    (
+        SELECT correction_seq, event_id, agency_id AS after
+        FROM metering.correction_marks
+        WHERE has(todo, correction_seq)
+        UNION ALL
+        SELECT correction_seq, toUUIDOrZero(event_id) AS event_id, '' AS after
+        FROM metering.corrections
+        WHERE has(todo, correction_seq) AND event_id != '' AND events_marked = 0
+    )
+SELECT DISTINCT d.correction_seq, d.event_id, agency
+FROM dealt AS d
+LEFT JOIN
+(
+    SELECT event_id, arraySort(groupArray((correction_seq, agency_id))) AS history
+    FROM metering.correction_marks
+    WHERE correction_seq IN (SELECT correction_seq FROM metering.corrections)
+      AND event_id IN (SELECT event_id FROM dealt)
+    GROUP BY event_id
+) AS h ON h.event_id = d.event_id
+LEFT JOIN
+(
+    SELECT event_id, any(agency_id) AS counted_for
+    FROM metering.counted_events
+    WHERE event_id IN (SELECT event_id FROM dealt)
+      AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
+    GROUP BY event_id
+) AS o ON o.event_id = d.event_id
+ARRAY JOIN [
+    if(arrayLast(x -> x.1 < d.correction_seq, h.history).2 != '',
+       arrayLast(x -> x.1 < d.correction_seq, h.history).2, o.counted_for),
+    d.after,
+    o.counted_for
+] AS agency
+WHERE agency != '' AND d.event_id != toUUID('00000000-0000-0000-0000-000000000000')
+  AND {guard}
+SETTINGS max_insert_threads = 1, max_threads = 1,
+         min_insert_block_size_rows = 1000000000, min_insert_block_size_bytes = 100000000000"""
+
+
+def fill_agencies_sql(term: int | None) -> str:
+    """`FILL_AGENCIES` while the corrections lease is held under `term` (None: no
+    condition, as migration 0013 fills the rows of the corrections before it)."""
+    return FILL_AGENCIES.format(guard="1" if term is None else holding(term))
+
+
 def first_counted_source(rollup: str) -> str:
     """A subquery with the rows and columns of `rollup` as first counted, before any
     correction: the flush fold's aggregates over the committed counted events of one
@@ -359,3 +425,41 @@ def first_counted_source(rollup: str) -> str:
     )
     grouped = select[: select.rindex("ORDER BY")].rstrip()
     return f"({grouped}\n)"
+
+
+# The rollups against the corrected record of the flushes committed up to {head}: one
+# row per rollup, messages and token sums (a lost part of a rollup shows here).
+def rollup_totals_sql(head: int) -> str:
+    parts = [
+        f"SELECT '{rollup}' AS rollup, sum(messages), sum(tokens_in), sum(tokens_out) "
+        f"FROM metering.{rollup}"
+        for rollup in REBUILD_GRAIN
+    ]
+    parts.append(
+        "SELECT 'corrected_events', count(), sum(tokens_in), sum(tokens_out) "
+        f"FROM metering.corrected_events WHERE {committed_up_to(head)}"
+    )
+    return "\nUNION ALL\n".join(parts)
+
+
+def delete_all_sql(rollup: str, *, term: int) -> str:
+    """Every row of a rollup, while the lease is held under `term` (a full rebuild)."""
+    if rollup not in REBUILD_GRAIN:
+        raise ValueError(f"not a rollup: {rollup}")
+    return (
+        f"DELETE FROM metering.{rollup} WHERE {holding(term)} SETTINGS lightweight_deletes_sync = 2"
+    )
+
+
+def rebuild_all_sql(rollup: str, token: str, *, head: int, term: int) -> str:
+    """A rollup from the corrected record of the flushes committed up to `head`."""
+    select = APPLY_ROLLUPS[rollup]
+    if _FLUSH_FILTER not in select:
+        raise RuntimeError(f"store/ledger/sql.py APPLY_ROLLUPS[{rollup!r}] changed its FROM")
+    select = select.replace(
+        _FLUSH_FILTER,
+        f"FROM metering.corrected_events\nWHERE {committed_up_to(head)}\n  AND {holding(term)}",
+    )
+    settings = {**REBUILD_SETTINGS, "insert_deduplication_token": _literal(token)}
+    clause = ", ".join(f"{name} = {value}" for name, value in settings.items())
+    return f"INSERT INTO metering.{rollup}\nSETTINGS {clause}{select}"

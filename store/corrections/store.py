@@ -167,3 +167,25 @@ class CorrectionStore:
             condition=sql.holding(term),
             computed={"applied_at": "now64(3)"},
         )
+
+    def rollups_short_of(self, head: int) -> list[str]:
+        """The rollups whose totals differ from the corrected record of the flushes
+        committed up to `head` (each as 'name: rollup figures vs record')."""
+        rows = {
+            str(r[0]): tuple(int(v or 0) for v in r[1:])
+            for r in self.client.query(sql.rollup_totals_sql(head)).result_rows
+        }
+        record = rows.pop("corrected_events")
+        return [
+            f"{name}: messages, tokens in, tokens out {figures} vs the counted events' {record}"
+            for name, figures in rows.items()
+            if figures != record
+        ]
+
+    def rebuild_all(self, token: str, *, head: int, term: int) -> None:
+        """Every rollup again from the corrected record of the flushes up to `head`."""
+        for rollup in sql.REBUILD_GRAIN:
+            self.client.command(sql.delete_all_sql(rollup, term=term))
+            self.client.command(
+                sql.rebuild_all_sql(rollup, f"{token}-{rollup}", head=head, term=term)
+            )
