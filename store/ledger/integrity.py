@@ -149,8 +149,17 @@ def damaged_flushes(client: Client) -> list[DamagedFlush]:
 
 
 def record_lost(client: Client, flush: DamagedFlush, reason: str, worker: str) -> None:
-    """The flush's ranges as lost, with why; once per range and flush is enough."""
-    rows: list[list[Any]] = [
+    """The flush's ranges as lost, each with what it lost and why."""
+    found: dict[tuple[str, str, int], int] = {}
+    for table in ("counted_events", "rejections_log"):
+        rows = client.query(
+            f"SELECT toString(topic), partition, count() FROM metering.{table} "
+            "WHERE flush_seq = {flush:UInt64} GROUP BY topic, partition",
+            parameters={"flush": flush.flush_seq},
+        ).result_rows
+        for topic, partition, count in rows:
+            found[(table, str(topic), int(partition))] = int(count)
+    lost: list[list[Any]] = [
         [
             r.topic,
             r.partition,
@@ -158,14 +167,14 @@ def record_lost(client: Client, flush: DamagedFlush, reason: str, worker: str) -
             r.last_offset,
             flush.flush_seq,
             flush.commit_seq,
-            max(0, flush.counted - flush.events_found),
-            max(0, flush.rejected - flush.rejections_found),
+            max(0, r.counted - found.get(("counted_events", r.topic, r.partition), 0)),
+            max(0, r.rejected - found.get(("rejections_log", r.topic, r.partition), 0)),
             reason,
             worker,
         ]
         for r in flush.ranges
     ]
-    client.insert("metering.lost_ranges", rows, column_names=list(LOST_COLUMNS))
+    client.insert("metering.lost_ranges", lost, column_names=list(LOST_COLUMNS))
 
 
 @dataclass(frozen=True)
