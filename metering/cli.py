@@ -129,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_writers_command(commands)
 
+    from metering.backup_command import add_backup_commands
+
+    add_backup_commands(commands)
+
     from metering.audit import add_audit_command
 
     add_audit_command(commands)
@@ -220,6 +224,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from metering.corrections import run_correct
 
         return run_correct(args, settings)
+    if command in ("backup", "restore"):
+        from metering.backup_command import run_backup, run_restore
+
+        return run_backup(args, settings) if command == "backup" else run_restore(args, settings)
     if command == "writers":
         from metering.writers_command import run_writers
 
