@@ -2,7 +2,9 @@
 
 On a terminal: one live bar (done, rate, ETA) drawn by tqdm. Anywhere else (a log
 shipper, CI, a pipe): one plain line every `PLAIN_EVERY_SECONDS` and one at the end,
-so an 18-million-event replay leaves a few dozen lines, not thousands.
+so an 18-million-event replay leaves a few dozen lines, not thousands. `note` adds a
+short text after the figures (the worker's flushes): on the bar, and on the plain
+lines between start and end.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Progress:
         self._stream = stream or sys.stderr
         self._started = time.monotonic()
         self._last = self._started
+        self._note = ""
         self._bar: tqdm[Never] | None = None
         if _is_terminal(self._stream):
             self._bar = tqdm(
@@ -67,6 +70,14 @@ class Progress:
             self._bar.total = total
             self._bar.refresh()
 
+    def note(self, text: str) -> None:
+        """Show `text` after the figures (e.g. `flushes=3 counted=60k`), until the next note."""
+        if text == self._note:
+            return
+        self._note = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
+
     def done(self) -> float:
         now = time.monotonic()
         if self._bar is not None:
@@ -80,6 +91,8 @@ class Progress:
         line = f"{self.label}: {self.count:,} {self.unit}, {rate:,.0f}/s, {elapsed:,.1f}s"
         if self.total and not final and rate > 0:
             line += f", ETA {max(self.total - self.count, 0) / rate:,.0f}s"
+        if self._note and not final:
+            line += f"; {self._note}"
         self._stream.write(line + "\n")
         self._stream.flush()
 
