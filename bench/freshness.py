@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import clickhouse_connect
 import orjson
 from confluent_kafka import Producer
 
@@ -46,6 +45,7 @@ from bench.runner import LogLine, Running
 from bench.topic import create_topic, delete_topics_containing
 from bench.worklog import worker_timeline
 from metering.simulate import SimulationPlan, generate_events
+from store.connection import connect
 from store.local_server.config import ServerLayout
 from store.local_server.control import LocalServer, ServerOptions
 
@@ -168,8 +168,8 @@ def _produce(
 class _Poller:
     """Polls the visible message count from the server until stopped."""
 
-    def __init__(self, url: str, period: float) -> None:
-        self._client = clickhouse_connect.get_client(dsn=url)
+    def __init__(self, url: str, period: float, env: dict[str, str]) -> None:
+        self._client = connect(url, env)  # as the local server's writer
         self._period = period
         self._stop = threading.Event()
         self.polls: list[tuple[float, int]] = []
@@ -267,6 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "METERING_CORRECTIONS_TOPIC": f"{topic}.corrections",
         "CLICKHOUSE_URL": url,
         "METERING_CONSUMER_GROUP": f"{topic}-worker",
+        # the local server's directory, where commands find its writer's password
+        **(
+            {
+                "CLICKHOUSE_DATA_DIR": str(store),
+                "CLICKHOUSE_HTTP_PORT": str(server.options.http_port),
+            }
+            if server is not None
+            else {}
+        ),
         "METERING_TOPIC_PARTITIONS": "1",
     }
     if args.batch_max_seconds is not None:
@@ -294,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"worker did not start: {run.failure()}")
             return 1
         _say(f"worker consuming; producing {count:,} events at {args.rate:,.0f}/s ...")
-        poller = _Poller(url, args.poll) if server is not None else None
+        poller = _Poller(url, args.poll, worker_env) if server is not None else None
         began = time.time()
         if poller is not None:
             with poller:

@@ -106,16 +106,24 @@ class BenchRun:
             str(self.reference.messages),
         ]
 
-    def read_back(self, store: Path, source: str, *, url: str | None = None) -> Verdict:
+    def read_back(
+        self,
+        store: Path,
+        source: str,
+        *,
+        url: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Verdict:
         """Read the contender's rows in a separate process and compare them: from the
         embedded store at `store`, or over HTTP from the server at `url` (then `store`
-        only names the output file)."""
+        only names the output file; `env` names the local server, whose writer signs
+        in)."""
         out = self.work / f"{store.name}.rows.json"
         target = ["--url", url] if url is not None else ["--store", str(store)]
         done = subprocess.run(
             [self.python, "-m", "bench.readback", *target, "--source", source,
              "--out", str(out)],
-            env=self.env(),
+            env=self.env(**(env or {})),
             cwd=self.repo,
             capture_output=True,
             text=True,
@@ -310,6 +318,8 @@ def run_pipeline_server(
     server_env.pop("CLICKHOUSE_SERVER_DIR", None)  # the default: next to the data
     infra = bench.repo / "infra" / "clickhouse"
     url = f"http://127.0.0.1:{http_port}"
+    # Commands find the local server's writer password from its directory, named so.
+    login_env = {"CLICKHOUSE_DATA_DIR": str(data_dir), "CLICKHOUSE_HTTP_PORT": str(http_port)}
     try:
         start_s, _ = _server_step([str(infra / "start")], server_env, bench.work)
     except RuntimeError as error:
@@ -326,7 +336,7 @@ def run_pipeline_server(
         with _ServerSampler(pid) as sampler:
             if bench.before_worker is not None:
                 bench.before_worker()
-            run = bench.run(row, _worker_argv(bench), _worker_env(bench, row, url))
+            run = bench.run(row, _worker_argv(bench), {**_worker_env(bench, row, url), **login_env})
             cpu_after = _cpu_seconds(pid)
             hwm = _status_mb(pid, "VmHWM") if hwm_reset else None
         timeline = worker_timeline(run)
@@ -354,7 +364,7 @@ def run_pipeline_server(
         if run.returncode != 0 or not timeline.flushes:
             reason = run.failure() if run.returncode != 0 else "no flush committed"
             return not_run(key, name, "FAILED", reason), timeline, server
-        verdict = bench.read_back(data_dir, "pipeline", url=url)
+        verdict = bench.read_back(data_dir, "pipeline", url=url, env=login_env)
         measured = _measure_worker(key, bench, run, timeline, verdict)
         inside = measured.messages - timeline.flushes[0].messages
         if window_cpu is not None and inside > 0:

@@ -5,7 +5,8 @@ on it) and adds the checks a field validator cannot do: the embedded store's
 directory can be created and written, a server URL has a host and a port, every
 Kafka bootstrap entry is host:port, and a pseudonym key, if set, is long enough.
 Each problem is one line, `VARIABLE: what is wrong`. With no problem, the effective
-configuration is printed with secrets masked.
+configuration is printed with secrets masked, and who signs in to the store, with
+where the password comes from (`store.connection.store_login`; never the password).
 
 `metering.cli` adds the command with `add_config_command` and runs it with
 `run_config_command`, before it loads the settings itself (an invalid setting is
@@ -25,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from metering.pseudonyms import PSEUDONYM_KEY_ENV, key_problem
 from metering.settings import Settings, SettingsError, load_settings
 from store import embedded_path
+from store.connection import store_login
 
 __all__ = [
     "add_config_command",
@@ -204,7 +206,16 @@ def render_configuration(settings: Settings, env: Mapping[str, str]) -> list[str
     key = _lookup(env, PSEUDONYM_KEY_ENV)
     if key is not None:
         lines.append(f"{PSEUDONYM_KEY_ENV}=*** ({len(key.encode('utf-8'))} bytes)")
+    lines.append(f"store login: {login_line(settings.clickhouse_url, env)}")
     return lines
+
+
+def login_line(url: str, env: Mapping[str, str]) -> str:
+    """Who the commands sign in to the store as, and where its password comes from."""
+    login = store_login(url, env)
+    if login is None:
+        return "none (the engine in this process has no users)"
+    return login.describe()
 
 
 def add_config_command(subparsers: Any) -> None:

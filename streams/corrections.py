@@ -367,6 +367,9 @@ class CorrectionApplier:
         decided = self._store.decided(correction_id)
         if decided is None or decided.correction_seq != seq:
             raise LeaseLostError(f"correction {correction_id} was not committed under its term")
+        # Which agencies read it (their row filters): from the record just committed. A
+        # crash before this leaves it to the next holder of the lease (finish_corrections).
+        self._store.fill_agencies(term=held.term)
 
     # -- retries -----------------------------------------------------------------
 

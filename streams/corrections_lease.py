@@ -137,6 +137,7 @@ def finish_corrections(
             "deleted marks of a correction that never committed",
             extra={"orphan_marks": orphans, "after_correction_seq": committed},
         )
+    store.fill_agencies(term=term)  # of a correction committed just before a crash
     finished = []
     for seq, correction_id, head in store.unapplied():
         fold_up_to(ledger, min(head, ledger.max_committed_seq()), term)

@@ -12,7 +12,11 @@ How the row policies work together (ClickHouse semantics):
     the user itself: restrictive policies are ANDed with the permissive ones, and a
     policy on the user (not on a role) cannot be shed with SET ROLE;
   * plain views run with the reader's rights (SQL SECURITY INVOKER is the default
-    for them), so the policies apply when `metering.agency_monthly` etc. are read.
+    for them), so the policies apply when `metering.agency_monthly` etc. are read;
+  * the corrections of the agency's own events (`CORRECTION_TABLES`) are filtered the
+    same way, with the row filters of the local server (`store.local_server.config.
+    agency_filters`): a filter's subquery runs with the reader's rights, so it reads
+    `metering.correction_agencies` through the agency's own policy there too.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from typing import Final
 
 from schemas.errors import InputError
 from schemas.events import AGENCY_ID
+from store.local_server.config import agency_filters
 
 __all__ = [
     "AGENCY_ID",
     "BASE_TABLES",
+    "CORRECTION_TABLES",
     "PASSWORD_PLACEHOLDER",
     "VIEWS",
     "AccessError",
@@ -41,6 +47,13 @@ BASE_TABLES: Final = (
     "metering.agency_monthly_rollup",
     "metering.model_monthly_rollup",
     "metering.counted_events",
+)
+# The agency's corrections (migrations 0010 and 0014), each with its own row filter.
+CORRECTION_TABLES: Final = (
+    "metering.corrections",
+    "metering.correction_marks",
+    "metering.corrections_applied",
+    "metering.correction_agencies",
 )
 # Printed where the password hash goes when none is given: not a credential.
 PASSWORD_PLACEHOLDER: Final = "<sha256 hex of the password>"  # noqa: S105
@@ -84,7 +97,16 @@ def agency_user_sql(agency_id: str, password_sha256: str | None = None) -> str:
     else:
         password = password_sha256
     tables = ",\n       ".join(BASE_TABLES)
-    grants = "\n".join(f"GRANT SELECT ON {name} TO {ROLE};" for name in (*VIEWS, *BASE_TABLES))
+    corrections = ",\n       ".join(CORRECTION_TABLES)
+    grants = "\n".join(
+        f"GRANT SELECT ON {name} TO {ROLE};" for name in (*VIEWS, *BASE_TABLES, *CORRECTION_TABLES)
+    )
+    filters = agency_filters(agency_id)
+    correction_policies = "\n".join(
+        f"CREATE ROW POLICY IF NOT EXISTS {user}\n    ON {name}\n"
+        f"    AS RESTRICTIVE FOR SELECT USING ({filters[name]}) TO {user};"
+        for name in CORRECTION_TABLES
+    )
     return f"""\
 -- Read-only ClickHouse access for agency {agency_id}: user {user}.
 -- Emitted by `metering access agency-user --agency {agency_id}`. Review it, then run it
@@ -107,6 +129,9 @@ CREATE ROLE IF NOT EXISTS {ROLE};
 CREATE ROW POLICY IF NOT EXISTS {ALL_ROWS_POLICY}
     ON {tables}
     AS PERMISSIVE FOR SELECT USING 1 TO ALL;
+CREATE ROW POLICY IF NOT EXISTS {ALL_ROWS_POLICY}
+    ON {corrections}
+    AS PERMISSIVE FOR SELECT USING 1 TO ALL;
 
 -- 2. The agency's user.
 
@@ -126,6 +151,12 @@ CREATE QUOTA IF NOT EXISTS {user}
 CREATE ROW POLICY IF NOT EXISTS {user}
     ON {tables}
     AS RESTRICTIVE FOR SELECT USING agency_id = '{agency_id}' TO {user};
+
+-- The corrections of the agency's own events: a range correction of the agency, or one
+-- that dealt with an event the agency had before it, has after it, or was first
+-- counted for (metering.correction_agencies, filled by the worker from the committed
+-- record). A policy's subquery runs with the reader's rights and policies.
+{correction_policies}
 """
 
 

@@ -80,6 +80,8 @@ class Viewer:
 def check_oversight_users(names: Iterable[str], settings: Settings) -> frozenset[str]:
     """The users `--oversight-user` names, besides the reporter; SettingsError for one
     that is an agency's user or the store's writer."""
+    from store.local_server.config import SERVER_USER, WRITER_USER
+
     writer = urlsplit(settings.clickhouse_url).username or "default"
     users = set()
     for name in names:
@@ -92,7 +94,7 @@ def check_oversight_users(names: Iterable[str], settings: Settings) -> frozenset
                 f"--oversight-user {name} is an agency's user: agency users sign in as "
                 "themselves and see their own agency only; name an oversight user instead"
             )
-        if name in (writer, "default"):
+        if name in (writer, "default", WRITER_USER, SERVER_USER):
             raise SettingsError(
                 f"--oversight-user {name} is the store's writer or its default user, and "
                 "metering serve never reads as them: create a read-only ClickHouse user "

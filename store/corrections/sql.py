@@ -348,7 +348,7 @@ def rebuild_keys_sql(
 MARK_APPLIED: Final = "metering.corrections_applied"
 
 
-# Which agency may read which correction and which of its marks (migration 0013; the
+# Which agency may read which correction and which of its marks (migration 0014; the
 # agency users' row filters read it: store/local_server/config.py). For every committed
 # correction that has no rows yet: each event it dealt with (each event it marked, or
 # the one event an event correction named and did not mark) and every agency that event
@@ -365,39 +365,39 @@ WITH
         AS todo,
     dealt AS
     (
-        SELECT correction_seq, event_id, agency_id AS after
+        SELECT correction_seq AS seq, event_id AS dealt_event, agency_id AS after
         FROM metering.correction_marks
         WHERE has(todo, correction_seq)
         UNION ALL
-        SELECT correction_seq, toUUIDOrZero(event_id) AS event_id, '' AS after
+        SELECT correction_seq AS seq, toUUIDOrZero(event_id) AS dealt_event, '' AS after
         FROM metering.corrections
         WHERE has(todo, correction_seq) AND event_id != '' AND events_marked = 0
     )
-SELECT DISTINCT d.correction_seq, d.event_id, agency
+SELECT DISTINCT d.seq, d.dealt_event, agency
 FROM dealt AS d
 LEFT JOIN
 (
     SELECT event_id, arraySort(groupArray((correction_seq, agency_id))) AS history
     FROM metering.correction_marks
     WHERE correction_seq IN (SELECT correction_seq FROM metering.corrections)
-      AND event_id IN (SELECT event_id FROM dealt)
+      AND event_id IN (SELECT dealt_event FROM dealt)
     GROUP BY event_id
-) AS h ON h.event_id = d.event_id
+) AS h ON h.event_id = d.dealt_event
 LEFT JOIN
 (
     SELECT event_id, any(agency_id) AS counted_for
     FROM metering.counted_events
-    WHERE event_id IN (SELECT event_id FROM dealt)
+    WHERE event_id IN (SELECT dealt_event FROM dealt)
       AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
     GROUP BY event_id
-) AS o ON o.event_id = d.event_id
+) AS o ON o.event_id = d.dealt_event
 ARRAY JOIN [
-    if(arrayLast(x -> x.1 < d.correction_seq, h.history).2 != '',
-       arrayLast(x -> x.1 < d.correction_seq, h.history).2, o.counted_for),
+    if(arrayLast(x -> x.1 < d.seq, h.history).2 != '',
+       arrayLast(x -> x.1 < d.seq, h.history).2, o.counted_for),
     d.after,
     o.counted_for
 ] AS agency
-WHERE agency != '' AND d.event_id != toUUID('00000000-0000-0000-0000-000000000000')
+WHERE agency != '' AND d.dealt_event != toUUID('00000000-0000-0000-0000-000000000000')
   AND {guard}
 SETTINGS max_insert_threads = 1, max_threads = 1,
          min_insert_block_size_rows = 1000000000, min_insert_block_size_bytes = 100000000000"""
@@ -405,7 +405,7 @@ SETTINGS max_insert_threads = 1, max_threads = 1,
 
 def fill_agencies_sql(term: int | None) -> str:
     """`FILL_AGENCIES` while the corrections lease is held under `term` (None: no
-    condition, as migration 0013 fills the rows of the corrections before it)."""
+    condition, as migration 0014 fills the rows of the corrections before it)."""
     return FILL_AGENCIES.format(guard="1" if term is None else holding(term))
 
 

@@ -156,6 +156,12 @@ class CorrectionStore:
             if after_each is not None:
                 after_each("rebuild", rollup)
 
+    def fill_agencies(self, *, term: int) -> None:
+        """Which agency may read which correction: the rows of every committed correction
+        that has none yet (`sql.FILL_AGENCIES`; derived from the committed record, so
+        safe to run at any time and again)."""
+        self.client.command(sql.fill_agencies_sql(term))
+
     def mark_applied(self, seq: int, correction_id: str, keys: int, *, term: int) -> None:
         """Step d."""
         insert_if(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -27,10 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        os.chdir(args.server_dir)  # clickhouse-local reads config.xml from here
-        return serve(
-            args.data_dir, args.http_host, args.http_port, os.environ.get("CLICKHOUSE_PASSWORD")
-        )
+        # clickhouse-local reads config.xml from the server directory: serve goes there
+        # once the engine is imported (store/local_server/process.py says why not before).
+        return serve(args.data_dir, args.server_dir, args.http_host, args.http_port)
     if args.command == "reporter-xml":
         sys.stdout.write(render_server_reporter_xml())
         return 0

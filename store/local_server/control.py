@@ -3,7 +3,8 @@
 Start is idempotent: a server already running on the same data answers and nothing
 is done. Otherwise the configuration is rendered (`config.py`), the server process
 (`process.py`) is started in a session of its own, and start returns once a query
-answers over HTTP. Stop ends only the server whose pid file is in this server
+answers over HTTP, asked as the writer (`govmeter_writer`: no network client signs in
+as `default`). Stop ends only the server whose pid file is in this server
 directory, and only if that pid still runs this server: SIGTERM, then SIGKILL after
 the stop timeout.
 """
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit
 
 from schemas.errors import ServiceError
 from store.local_server.config import (
-    READ_AUDIT_DDL,
+    WRITER_USER,
     ServerLayout,
     agency_user_name,
     agency_user_xml,
@@ -55,6 +56,7 @@ class ServerOptions:
     tcp_port: int = 9000
     listen_host: str = "127.0.0.1"
     password: str | None = None  # CLICKHOUSE_PASSWORD: refused, see `start`
+    writer_password: str | None = None  # CLICKHOUSE_WRITER_PASSWORD
     reporter_password: str | None = None  # CLICKHOUSE_REPORTER_PASSWORD
     start_timeout: float = 60.0
     stop_timeout: float = 30.0
@@ -73,6 +75,7 @@ class ServerOptions:
             tcp_port=_port(env, "CLICKHOUSE_TCP_PORT", 9000),
             listen_host=env.get("CLICKHOUSE_LISTEN_HOST") or "127.0.0.1",
             password=env.get("CLICKHOUSE_PASSWORD") or None,
+            writer_password=env.get("CLICKHOUSE_WRITER_PASSWORD") or None,
             reporter_password=env.get("CLICKHOUSE_REPORTER_PASSWORD") or None,
             start_timeout=_seconds(env, "CLICKHOUSE_START_TIMEOUT", 60.0),
             stop_timeout=_seconds(env, "CLICKHOUSE_STOP_TIMEOUT", 30.0),
@@ -125,16 +128,24 @@ class LocalServer:
         return pid if _runs_this_server(pid, self.layout.server_dir) else None
 
     def answers(self, timeout: float = 2.0) -> bool:
-        """Does `SELECT 1` answer over HTTP as the default user?"""
+        """Does `SELECT 1` answer over HTTP, asked as the writer?"""
+        return self._probe(timeout) == "answers"
+
+    def _probe(self, timeout: float) -> str:
+        """`answers`, `refuses` (it answered, but not to the writer's login: a server
+        started with other users, or another password) or `down`."""
+        password = self.existing_writer_password()
         request = urllib.request.Request(  # noqa: S310 (our own loopback server)
             self.options.http_url + "/?query=SELECT%201",
-            headers=_auth_headers("default", self.options.password),
+            headers=_auth_headers(WRITER_USER, password or ""),
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-                return bool(response.read().strip() == b"1")
+                return "answers" if response.read().strip() == b"1" else "down"
+        except urllib.error.HTTPError as error:
+            return "refuses" if error.code in (401, 403, 516) else "down"
         except (urllib.error.URLError, OSError):
-            return False
+            return "down"
 
     # -- start ----------------------------------------------------------------
 
@@ -143,17 +154,26 @@ class LocalServer:
         options, layout = self.options, self.layout
         if options.password:
             raise LocalServerError(
-                "clickhouse: CLICKHOUSE_PASSWORD is set, but the local server cannot give "
-                "`default` a password: its engine signs its own session in as `default` "
-                "without one (measured with chdb 4.4), so a password would stop it from "
-                "starting. Unset CLICKHOUSE_PASSWORD for the local server (its `default` "
-                "user accepts loopback connections only), or use a ClickHouse server for a "
-                "password-protected writer."
+                "clickhouse: CLICKHOUSE_PASSWORD is set, but the local server has no user it "
+                "could be the password of: `default` is its engine's own in-process session "
+                "and accepts no network login at all (the engine signs itself in without a "
+                "password, so `default` cannot have one), and the writer is "
+                f"{WRITER_USER}, whose password is CLICKHOUSE_WRITER_PASSWORD (else "
+                f"generated once into {self.layout.writer_password_file}). Unset "
+                "CLICKHOUSE_PASSWORD for the local server, and set CLICKHOUSE_WRITER_PASSWORD "
+                "to choose the writer's password."
             )
         pid = self.running_pid()
         if pid is not None:
             if self._wait_until_answering(pid, options.start_timeout):
                 return f"clickhouse: already running on {options.http_url} (pid {pid})"
+            if self._probe(2.0) == "refuses":
+                raise LocalServerError(
+                    f"clickhouse: pid {pid} runs the server of {layout.server_dir}, but it "
+                    f"refuses the login of {WRITER_USER}: it was started by an older release "
+                    "or with another CLICKHOUSE_WRITER_PASSWORD. Restart it so that it reads "
+                    "the current users: infra/clickhouse/stop && infra/clickhouse/start"
+                )
             raise LocalServerError(
                 f"clickhouse: pid {pid} runs the server of {layout.server_dir} but it does not "
                 f"answer on {options.http_url}; see {layout.log_file}, or stop it with "
@@ -180,7 +200,6 @@ class LocalServer:
                 f"{options.start_timeout:.0f} s (CLICKHOUSE_START_TIMEOUT) or stopped; from "
                 f"{layout.log_file}:\n{tail}"
             )
-        self._keep_read_audit()
         return (
             f"clickhouse: ready on {options.http_url} (native TCP {options.tcp_port}, pid {pid}, "
             f"started in {time.monotonic() - began:.1f}s, data {layout.data_dir}, "
@@ -200,32 +219,38 @@ class LocalServer:
                 listen_host=options.listen_host,
             )
         )
-        default_digest = password_sha256(options.password) if options.password else None
         _write_private(
             layout.users_xml,
             render_users_xml(
-                default_password_sha256=default_digest,
+                writer_password_sha256=password_sha256(self.writer_password()),
                 reporter_password_sha256=password_sha256(self.reporter_password()),
             ),
         )
 
-    def _keep_read_audit(self) -> None:
-        """Create (once) the view that copies reads from the in-memory query log to
-        disk; the first flush creates system.query_log, which the view reads."""
-        for sql in ("SYSTEM FLUSH LOGS", *READ_AUDIT_DDL):
-            request = urllib.request.Request(  # noqa: S310 (our own loopback server)
-                self.options.http_url + "/",
-                data=sql.encode(),
-                headers=_auth_headers("default", self.options.password),
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-                    response.read()
-            except urllib.error.HTTPError as error:
-                raise LocalServerError(
-                    f"clickhouse: the read audit could not be set up: {sql}: "
-                    f"{error.read().decode(errors='replace').strip()}"
-                ) from None
+    def writer_password(self) -> str:
+        """CLICKHOUSE_WRITER_PASSWORD, else the one generated at the first start. Given
+        in the environment, a generated file left from before is removed: it no longer
+        signs in, and commands must not take it."""
+        path = self.layout.writer_password_file
+        if self.options.writer_password:
+            path.unlink(missing_ok=True)
+            return self.options.writer_password
+        if path.exists():
+            return path.read_text().strip()
+        self.layout.server_dir.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(24)
+        _write_private(path, password + "\n")
+        return password
+
+    def existing_writer_password(self) -> str | None:
+        """The writer's password as a command finds it (never generated here):
+        CLICKHOUSE_WRITER_PASSWORD, else writer.password, else None."""
+        if self.options.writer_password:
+            return self.options.writer_password
+        try:
+            return self.layout.writer_password_file.read_text().strip() or None
+        except OSError:
+            return None
 
     def reporter_password(self) -> str:
         """CLICKHOUSE_REPORTER_PASSWORD, else the one generated at the first start."""
@@ -244,6 +269,12 @@ class LocalServer:
         if layout.log_file.exists():
             layout.log_file.replace(layout.log_file.with_suffix(".log.prev"))
         env = dict(os.environ)
+        for secret in (
+            "CLICKHOUSE_PASSWORD",
+            "CLICKHOUSE_WRITER_PASSWORD",
+            "CLICKHOUSE_REPORTER_PASSWORD",
+        ):
+            env.pop(secret, None)  # the server process needs none of them
         with layout.log_file.open("ab") as log:
             process = subprocess.Popen(
                 [

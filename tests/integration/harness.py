@@ -1,6 +1,10 @@
 """Drive the real `metering` commands as subprocesses against real Kafka and a real
 ClickHouse server: each run gets its own local server (`infra/clickhouse/start`, the
-engine of the chdb wheel) on free ports, reached over HTTP as in production."""
+engine of the chdb wheel) on free ports, reached over HTTP as in production. Commands
+sign in as its writer the way they do for anyone (`store.connection.store_login`: the
+run's environment names the server directory, whose writer.password they read); so
+does `StoreServer.client`. What no network user may do is done as the data directory's
+owner, with the server stopped (`StoreServer.as_owner`)."""
 
 from __future__ import annotations
 
@@ -15,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clickhouse_connect.driver.client import Client
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
+
+from store.connection import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every local server started by a run, so the session can stop what a test left.
@@ -59,7 +66,7 @@ class StoreServer:
     def _script(self, name: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(ROOT / "infra/clickhouse" / name)],
-            env={**os.environ, **self.env},
+            env={**_without_store_secrets(os.environ), **self.env},
             capture_output=True,
             text=True,
             timeout=120,
@@ -93,6 +100,69 @@ class StoreServer:
     def reporter_password(self) -> str:
         return (self.server_dir / "reporter.password").read_text().strip()
 
+    def writer_password(self) -> str:
+        return (self.server_dir / "writer.password").read_text().strip()
+
+    def client(self) -> Client:
+        """A client of the writer, signed in the way every command signs in
+        (`store.connection.store_login`: the server directory's writer.password)."""
+        return connect(self.url, {**_without_store_secrets(os.environ), **self.env})
+
+    def as_owner(self, *statements: str) -> None:
+        """Run statements no network user may run (ALTER UPDATE, DROP COLUMN, ...), as
+        the owner of the data directory does: the server stopped, the engine opened in
+        a process of its own (chdb://, its own session), the server started again."""
+        self.stop()
+        try:
+            self.offline(*statements)
+        finally:
+            self.start()
+
+    def offline(self, *statements: str) -> list[list[dict[str, Any]]]:
+        """Each statement's rows, run by the engine in a process of its own on the data
+        directory of this server, which must be stopped (`as_owner`)."""
+        script = (
+            "import sys, json\n"
+            "from store.connection import connect\n"
+            "client = connect(sys.argv[1])\n"
+            "out = []\n"
+            "for statement in sys.argv[2:]:\n"
+            "    result = client.query(statement, settings={'mutations_sync': 2})\n"
+            "    names = result.column_names\n"
+            "    out.append([dict(zip(names, map(str, row))) for row in result.result_rows])\n"
+            "client.close()\n"
+            "print(json.dumps(out))\n"
+        )
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                "chdb://" + self.env["CLICKHOUSE_DATA_DIR"],
+                *statements,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        rows: list[list[dict[str, Any]]] = json.loads(result.stdout.splitlines()[-1])
+        return rows
+
+
+# Passwords of the shell that runs the tests are not those of the tests' own servers.
+_STORE_SECRETS = (
+    "CLICKHOUSE_PASSWORD",
+    "CLICKHOUSE_WRITER_PASSWORD",
+    "CLICKHOUSE_REPORTER_PASSWORD",
+)
+
+
+def _without_store_secrets(env: os._Environ[str] | dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in env.items() if name not in _STORE_SECRETS}
+
 
 CORPUS = ROOT / "tests/replay/corpus.jsonl"
 EXPECTED = ROOT / "tests/replay/expected.json"
@@ -124,7 +194,7 @@ class MeteringRun:
         tag = uuid.uuid4().hex[:10]
         store = StoreServer.start_in(workdir / "clickhouse")
         env = {
-            **os.environ,
+            **_without_store_secrets(os.environ),
             **kafka_env,
             "METERING_EVENTS_TOPIC": f"test.{tag}.events",
             "METERING_DLQ_TOPIC": f"test.{tag}.dlq",
@@ -138,7 +208,6 @@ class MeteringRun:
         }
         env.pop("METERING_FAULT_CRASH", None)
         env.pop("METERING_FAULT_STORE_OUTAGE", None)
-        env.pop("CLICKHOUSE_PASSWORD", None)
         return cls(env, workdir, store)
 
     def metering(

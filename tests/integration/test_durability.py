@@ -38,10 +38,12 @@ def views_match(run: MeteringRun) -> list[str]:
 
 
 def newest_part(run: MeteringRun, table: str) -> tuple[str, Path, int]:
-    """(name, directory, rows) of the table's newest active part."""
-    rows = run.query(
+    """(name, directory, rows) of the table's newest active part, read with the server
+    stopped (no network user reads system.parts) by the engine itself, merges stopped."""
+    _, rows = run.store.offline(
+        f"SYSTEM STOP MERGES metering.{table}",
         "SELECT name, path, rows FROM system.parts WHERE database = 'metering' "
-        f"AND table = '{table}' AND active ORDER BY modification_time DESC, name DESC LIMIT 1"
+        f"AND table = '{table}' AND active ORDER BY modification_time DESC, name DESC LIMIT 1",
     )
     assert rows, f"metering.{table} has no part"
     return str(rows[0]["name"]), Path(str(rows[0]["path"])), int(rows[0]["rows"])
@@ -50,8 +52,8 @@ def newest_part(run: MeteringRun, table: str) -> tuple[str, Path, int]:
 def lose_newest_parts(run: MeteringRun, *tables: str) -> dict[str, int]:
     """What a power loss does to parts written since the last sync: the server goes
     down, and their directories are not on disk when it comes back."""
-    parts = {table: newest_part(run, table) for table in tables}
     run.store.stop()
+    parts = {table: newest_part(run, table) for table in tables}
     for _, path, _ in parts.values():
         shutil.rmtree(path)
     run.store.start()

@@ -115,7 +115,7 @@ def test_a_server_killed_mid_stream_is_retried_and_every_failure_counted(
 
 def test_a_table_missing_a_column_stops_the_worker_naming_the_schema(run: MeteringRun) -> None:
     assert run.metering("migrate").returncode == 0
-    run.query("ALTER TABLE metering.counted_events DROP COLUMN conversation_id")
+    run.store.as_owner("ALTER TABLE metering.counted_events DROP COLUMN conversation_id")
     run.replay(CORPUS)
     failed = run.worker(extra_env={**SMALL_BATCHES, "METERING_STORE_FATAL_TRIES": "2"})
     assert failed.returncode == 70, failed.stderr[-3000:]
@@ -132,7 +132,9 @@ def test_a_table_missing_a_column_stops_the_worker_naming_the_schema(run: Meteri
     assert final["msg"] == "store step failed and retrying cannot fix it; stopping the worker"
     assert "run `metering migrate` against CLICKHOUSE_URL" in final["what_to_do"]
     assert run.query("SELECT count() AS n FROM metering.flush_ledger") == [{"n": 0}]
-    run.query("ALTER TABLE metering.counted_events ADD COLUMN conversation_id String AFTER user_id")
+    run.store.as_owner(
+        "ALTER TABLE metering.counted_events ADD COLUMN conversation_id String AFTER user_id"
+    )
     finished = run.worker(extra_env=SMALL_BATCHES)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert_exact(run)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from clickhouse_driver import Client as NativeClient
+from clickhouse_driver.errors import Error as NativeError
 
 from tests.integration.harness import (
     CORPUS,
@@ -38,12 +39,16 @@ AGENCY_VIEWS_AND_TABLES = {
 
 
 def _http(
-    server: StoreServer, sql: str, user: str = "default", password: str = ""
+    server: StoreServer, sql: str, user: str | None = None, password: str | None = None
 ) -> tuple[int, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    request = urllib.request.Request(
-        server.url + "/", data=sql.encode(), headers={"Authorization": f"Basic {token}"}
-    )
+    """`sql` over HTTP as `user` (the writer by default; "" sends no credentials)."""
+    if user is None:
+        user, password = "govmeter_writer", server.writer_password()
+    headers = {}
+    if user:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    request = urllib.request.Request(server.url + "/", data=sql.encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode()
@@ -99,21 +104,30 @@ def test_a_sigkilled_server_restarted_on_its_data_loses_nothing_committed(
     tmp_path: Path,
 ) -> None:
     server = StoreServer.start_in(tmp_path / "ch")
-    assert _http(server, "CREATE DATABASE d")[0] == 200
-    assert _http(server, "CREATE TABLE d.t (n UInt64) ENGINE = MergeTree ORDER BY n")[0] == 200
+    assert _http(server, "CREATE DATABASE IF NOT EXISTS metering")[0] == 200
+    table = "metering.durability_test"
+    assert _http(server, f"CREATE TABLE {table} (n UInt64) ENGINE = MergeTree ORDER BY n")[0] == 200
     for start in range(0, 5000, 1000):
-        sql = f"INSERT INTO d.t SELECT number FROM numbers({start}, 1000)"
+        sql = f"INSERT INTO {table} SELECT number FROM numbers({start}, 1000)"
         assert _http(server, sql)[0] == 200
     server.kill()
     server.start()
-    assert _http(server, "SELECT count(), sum(n) FROM d.t") == (200, f"5000\t{sum(range(5000))}\n")
+    assert _http(server, f"SELECT count(), sum(n) FROM {table}") == (
+        200,
+        f"5000\t{sum(range(5000))}\n",
+    )
 
 
 def test_the_native_protocol_answers_on_the_tcp_port(tmp_path: Path) -> None:
     server = StoreServer.start_in(tmp_path / "ch")
-    client = NativeClient(host="127.0.0.1", port=int(server.env["CLICKHOUSE_TCP_PORT"]))
+    client = NativeClient(
+        host="127.0.0.1",
+        port=int(server.env["CLICKHOUSE_TCP_PORT"]),
+        user="govmeter_writer",
+        password=server.writer_password(),
+    )
     try:
-        assert client.execute("SELECT 40 + 2, version()")[0][0] == 42
+        assert client.execute("SELECT 40 + 2, currentUser()")[0] == (42, "govmeter_writer")
     finally:
         client.disconnect()
 
@@ -123,7 +137,10 @@ def test_stop_is_prompt_with_an_idle_keep_alive_connection_open(tmp_path: Path) 
 
     server = StoreServer.start_in(tmp_path / "ch")
     client = clickhouse_connect.get_client(
-        host="127.0.0.1", port=int(server.env["CLICKHOUSE_HTTP_PORT"])
+        host="127.0.0.1",
+        port=int(server.env["CLICKHOUSE_HTTP_PORT"]),
+        username="govmeter_writer",
+        password=server.writer_password(),
     )
     assert client.command("SELECT 1") == 1
     began = time.monotonic()
@@ -191,6 +208,153 @@ def test_the_engine_facts_the_local_server_rests_on(tmp_path: Path) -> None:
         "default-format-tsv",
         "second-start-refused",
     ], result.stdout + result.stderr[-2000:]
+
+
+_ENGINE_LOGIN_FACTS = r"""
+import base64, os, sys, tempfile, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+logins = []
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        logins.append(base64.b64decode(token).decode())
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=http.serve_forever, daemon=True).start()
+here = sys.argv[1]
+with open(os.path.join(here, "config.xml"), "w") as config:
+    config.write(
+        "<clickhouse><users_config>users.xml</users_config>"
+        "<http_authentication_servers><login>"
+        f"<uri>http://127.0.0.1:{http.server_port}/</uri><max_tries>1</max_tries>"
+        "</login></http_authentication_servers></clickhouse>")
+with open(os.path.join(here, "users.xml"), "w") as users:
+    users.write(
+        "<clickhouse><profiles><default/></profiles><quotas><default/></quotas><users>"
+        "<default><http_authentication><server>login</server><scheme>basic</scheme>"
+        f"</http_authentication><networks><ip>{sys.argv[2]}</ip></networks>"
+        "<profile>default</profile><quota>default</quota></default></users></clickhouse>")
+
+# 4. Importing chdb in an empty directory signs in without asking the authenticator.
+with tempfile.TemporaryDirectory() as empty:
+    os.chdir(empty)
+    from chdb import _chdb
+os.chdir(here)
+print(f"import-logins-{len(logins)}")
+
+# 5. One call with several statements signs in once: as default, no password, from
+#    loopback (allowed from 127.0.0.1, refused from elsewhere before the password is asked).
+result = _chdb.query("SELECT 1; SELECT 2; SELECT 3", "TSV", path=os.path.join(here, "data"))
+print("statements-ran" if result.bytes().split() == [b"1", b"2", b"3"] else "not-ran")
+print("one-login-default-no-password" if logins == ["default:"] else f"logins-{len(logins)}")
+"""
+
+
+def test_the_engine_signs_its_session_in_once_as_default_from_loopback(tmp_path: Path) -> None:
+    """Why `default` is checked by the server process's authenticator: no network rule
+    or password tells the engine's session from a loopback client, but it signs in only
+    once per call, before its first statement."""
+    seen = {}
+    for network in ("127.0.0.1", "192.0.2.1"):
+        here = tmp_path / network
+        here.mkdir()
+        result = subprocess.run(
+            [sys.executable, "-c", _ENGINE_LOGIN_FACTS, str(here), network],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        seen[network] = result.stdout.split()
+    assert seen == {
+        "127.0.0.1": ["import-logins-0", "statements-ran", "one-login-default-no-password"],
+        "192.0.2.1": ["import-logins-0", "not-ran", "logins-0"],
+    }, seen
+
+
+def _refused(status: int, body: str) -> bool:
+    return status in (401, 403, 516) and (
+        "AUTHENTICATION_FAILED" in body or "REQUIRED_PASSWORD" in body
+    )
+
+
+def test_no_network_login_as_default_over_http_or_the_native_protocol(tmp_path: Path) -> None:
+    server = StoreServer.start_in(tmp_path / "ch")
+    assert _http(server, "CREATE DATABASE IF NOT EXISTS metering")[0] == 200
+    table = "metering.login_test"
+    assert _http(server, f"CREATE TABLE {table} (n UInt64) ENGINE = MergeTree ORDER BY n")[0] == 200
+    assert _http(server, f"INSERT INTO {table} VALUES (1)")[0] == 200
+    rewrite = f"ALTER TABLE {table} UPDATE n = n + 7 WHERE 1 SETTINGS mutations_sync = 2"
+
+    # HTTP: no credentials (curl --data-binary), default with no, an empty or any
+    # password, in the Authorization header, the URL's parameters or ClickHouse's headers.
+    attempts = [
+        (server.url + "/", {}),
+        (server.url + "/?user=default", {}),
+        (server.url + "/?user=default&password=", {}),
+        (server.url + "/?user=default&password=x", {}),
+        (server.url + "/", {"X-ClickHouse-User": "default", "X-ClickHouse-Key": ""}),
+        (server.url + "/", {"Authorization": "Basic " + base64.b64encode(b"default:").decode()}),
+        (server.url + "/", {"Authorization": "Basic " + base64.b64encode(b"default:x").decode()}),
+    ]
+    for url, headers in attempts:
+        for sql in ("SELECT 1", rewrite):
+            request = urllib.request.Request(url, data=sql.encode(), headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    outcome = (response.status, response.read().decode())
+            except urllib.error.HTTPError as error:
+                outcome = (error.code, error.read().decode())
+            assert _refused(*outcome), (url, headers, sql, outcome)
+
+    # The native protocol (clickhouse-driver speaks it: the handshake, then the login).
+    port = int(server.env["CLICKHOUSE_TCP_PORT"])
+    for login in ({}, {"user": "default"}, {"user": "default", "password": "x"}):
+        client = NativeClient(host="127.0.0.1", port=port, **login)
+        try:
+            with pytest.raises(NativeError) as refused:
+                client.execute("SELECT 1")
+            assert refused.value.code == 516, (login, refused.value)  # AUTHENTICATION_FAILED
+        finally:
+            client.disconnect()
+
+    assert _http(server, f"SELECT sum(n) FROM {table}") == (200, "1\n")
+    log = (server.server_dir / "clickhouse.log").read_text(errors="replace")
+    assert log.count("the engine signed in as default") == 1
+    users = (server.server_dir / "users.xml").read_text()
+    assert server.writer_password() not in users and "<password>" not in users
+    for name in ("writer.password", "reporter.password", "users.xml", "config.d/engine-login.xml"):
+        assert (server.server_dir / name).stat().st_mode & 0o077 == 0, name
+
+
+def test_the_writer_password_can_come_from_the_environment(
+    tmp_path: Path, kafka_env: dict[str, str]
+) -> None:
+    run = MeteringRun.fresh(kafka_env, tmp_path)
+    run.store.stop()
+    run.store.env["CLICKHOUSE_WRITER_PASSWORD"] = "chosen-writer-password"
+    run.store.start()
+    assert not (run.store.server_dir / "writer.password").exists()  # the generated one goes
+    given = {"CLICKHOUSE_WRITER_PASSWORD": "chosen-writer-password"}
+    assert run.metering("migrate", extra_env=given).returncode == 0
+    check = run.metering("config", "--check", extra_env=given)
+    assert (
+        "store login: the local server's writer govmeter_writer, password "
+        "CLICKHOUSE_WRITER_PASSWORD" in check.stdout
+    )
+    assert "chosen-writer-password" not in check.stdout + check.stderr
+    missing = run.metering("query", "SELECT 1")
+    assert missing.returncode != 0
+    assert "writer.password" in missing.stderr and "does not exist" in missing.stderr
 
 
 @pytest.fixture(scope="module")
@@ -299,6 +463,66 @@ def test_the_reporter_reads_every_view_and_writes_nothing(counted: MeteringRun) 
     assert run.query(
         "SELECT count() AS n FROM metering.flush_applied WHERE flush_seq = 999999"
     ) == [{"n": 0}]
+
+
+# What the writer may not do, each refused by ClickHouse for want of a grant.
+WRITER_REFUSED = (
+    "ALTER TABLE metering.counted_events UPDATE tokens_in = tokens_in + 7 WHERE 1",
+    "ALTER TABLE metering.agency_daily_rollup UPDATE messages = messages + 1 WHERE 1",
+    "ALTER TABLE metering.counted_events DROP COLUMN conversation_id",
+    "ALTER TABLE metering.counted_events MODIFY COLUMN tokens_in UInt64",
+    "DROP DATABASE metering",
+    "DROP TABLE metering.counted_events",
+    "DROP TABLE metering.flush_ledger",
+    "DROP VIEW metering.agency_daily",
+    "TRUNCATE TABLE metering.flush_ledger",
+    "RENAME TABLE metering.flush_ledger TO metering.old_ledger",
+    "DELETE FROM metering.flush_ledger WHERE 1",
+    "DELETE FROM metering.corrections WHERE 1",
+    "CREATE OR REPLACE VIEW metering.agency_daily AS SELECT 1 AS messages",
+    "CREATE DATABASE elsewhere",
+    "CREATE USER intruder IDENTIFIED WITH no_password",
+    "CREATE ROLE intruders",
+    "CREATE ROW POLICY everything ON metering.counted_events USING 1 TO ALL",
+    "GRANT SELECT ON metering.counted_events TO reporter",
+    "SELECT name FROM system.users",
+    "SELECT count() FROM system.query_log",
+    "INSERT INTO govmeter_audit.read_audit (query_id) VALUES ('forged')",
+    "DROP TABLE govmeter_audit.read_audit",
+    "KILL QUERY WHERE 1",
+    "SYSTEM STOP LISTEN HTTP",
+)
+
+
+def test_the_writer_counts_but_cannot_rewrite_drop_or_manage_access(counted: MeteringRun) -> None:
+    run = counted
+    golden = expected()
+    before = run.views()
+    for sql in WRITER_REFUSED:
+        status, body = _http(run.store, sql)
+        assert status != 200 and "ACCESS_DENIED" in body, (sql, status, body[:300])
+    assert run.views() == before
+    assert before["agency_daily"] == golden["agency_daily"]
+    # What it needs: it migrated and counted this store; it reads the record of reads.
+    assert _http(run.store, "SELECT count() FROM govmeter_audit.read_audit")[0] == 200
+    assert _http(run.store, "SYSTEM FLUSH LOGS")[0] == 200
+
+
+def test_the_writer_migrates_a_store_of_a_release_before_0012(run: MeteringRun) -> None:
+    """The one DROP the writer may run: the old record of migrations, swapped for the
+    view older releases stop at (store/migrations.py)."""
+    assert run.metering("migrate").returncode == 0
+    run.store.as_owner(
+        "DROP VIEW metering.schema_migrations",
+        "CREATE TABLE metering.schema_migrations (version UInt32, name String, "
+        "checksum String, applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version",
+    )
+    migrated = run.metering("migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert run.query(
+        "SELECT engine FROM system.tables "
+        "WHERE database = 'metering' AND name = 'schema_migrations'"
+    ) == [{"engine": "View"}]
 
 
 def test_readers_see_numbers_grow_while_a_worker_counts(run: MeteringRun) -> None:

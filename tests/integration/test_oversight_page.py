@@ -38,7 +38,6 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
-import clickhouse_connect
 import pytest
 
 from metering.oversight.adoption import Adoption, UsageRow
@@ -251,7 +250,7 @@ async def _load(page: Browser, url: str, headers: dict[str, str] | None = None) 
 def _expected(run: MeteringRun, period: Period, agency: str | None) -> PublishedReport:
     """The page's report recomputed from the views (sums) and counted_events (distinct
     users of a level, model or day), with the same suppression."""
-    client = clickhouse_connect.get_client(dsn=run.store.url)
+    client = run.store.client()
     try:
         p: dict[str, Any] = {"start": period.start, "end": period.end, "agency": agency or ""}
         days = "day >= {start:Date} AND day < {end:Date}"

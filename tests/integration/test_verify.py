@@ -3,7 +3,6 @@ its flush, one extra rollup state names its agency-day."""
 
 from __future__ import annotations
 
-import clickhouse_connect
 import pytest
 
 from tests.integration.harness import CORPUS, MeteringRun
@@ -20,9 +19,16 @@ def counted(kafka_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
 
 
 def _mutate(run: MeteringRun, statement: str) -> None:
-    client = clickhouse_connect.get_client(dsn=run.store.url)
+    """An edit of a counted value: no network user may make it (the writer has no ALTER
+    UPDATE), so it is made as the owner of the data directory."""
+    run.store.as_owner(statement)
+
+
+def _forge(run: MeteringRun, statement: str) -> None:
+    """A row the writer itself could add (it appends to every metering table)."""
+    client = run.store.client()
     try:
-        client.command(statement, settings={"mutations_sync": 2})
+        client.command(statement)
     finally:
         client.close()
 
@@ -47,7 +53,13 @@ def test_a_counted_store_verifies_and_an_edit_names_its_flush(counted: MeteringR
     try:
         edited = counted.metering("verify")
         assert edited.returncode == 1, edited.stdout
-        assert f"FIRST FLUSH THAT DIFFERS: flush {seq}: content hash differs" in edited.stdout
+        commit = counted.query(
+            f"SELECT any(commit_seq) AS c FROM metering.flush_ledger WHERE flush_seq = {seq}"
+        )[0]["c"]
+        assert (
+            f"FIRST FLUSH THAT DIFFERS: flush {seq} (commit {commit}): content hash differs"
+            in edited.stdout
+        )
         assert "also: flush" not in edited.stdout  # only that flush
     finally:
         _mutate(
@@ -63,7 +75,7 @@ def test_an_extra_rollup_state_names_its_agency_day(counted: MeteringRun) -> Non
         "SELECT toString(day) AS day, tenant, agency_id FROM metering.agency_daily "
         "ORDER BY day, tenant, agency_id LIMIT 1"
     )[0]
-    _mutate(
+    _forge(
         counted,
         "INSERT INTO metering.agency_daily_rollup SELECT day, tenant, agency_id, "
         "agency_level, 1, 0, 0, uniqExactState(toString('')) FROM metering.agency_daily_rollup "

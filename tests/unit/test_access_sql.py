@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from metering.oversight.access import (
+    CORRECTION_TABLES,
     PASSWORD_PLACEHOLDER,
     AccessError,
     agency_user_name,
@@ -49,7 +50,7 @@ def test_every_statement_parses_in_clickhouse() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     formatted = result.stdout.splitlines()
-    assert len(formatted) == len(statements) == 15
+    assert len(formatted) == len(statements) == 24
     assert (
         "CREATE ROW POLICY IF NOT EXISTS govmeter_agency_fed_gsa ON metering.agency_daily_rollup, "
         "metering.model_daily_rollup, metering.agency_monthly_rollup, "
@@ -66,8 +67,8 @@ def test_the_policies_cover_the_base_tables_and_only_this_agency() -> None:
     sql = agency_user_sql("state-ca-dmv", HASH)
     statements = sql_statements(sql)
     policies = [s for s in statements if s.startswith("CREATE ROW POLICY")]
-    assert len(policies) == 2
-    restrictive = policies[1]
+    assert len(policies) == 7
+    [restrictive] = [p for p in policies if "USING agency_id = 'state-ca-dmv' TO" in p]
     for table in (
         "agency_daily_rollup",
         "model_daily_rollup",
@@ -80,11 +81,29 @@ def test_the_policies_cover_the_base_tables_and_only_this_agency() -> None:
     assert restrictive.endswith("TO govmeter_agency_state_ca_dmv")
     assert f"BY '{HASH}'" in sql and PASSWORD_PLACEHOLDER not in sql
     grants = [s for s in statements if s.startswith("GRANT SELECT")]
-    assert all(" ON metering." in g for g in grants) and len(grants) == 8
+    assert all(" ON metering." in g for g in grants) and len(grants) == 12
     assert not any(
         "flush_ledger" in s or "rejections" in s or "billing" in s or "tenant_daily" in s
         for s in statements
     )
+
+
+def test_the_corrections_of_the_agency_are_filtered_like_the_local_server() -> None:
+    from store.local_server.config import agency_filters
+
+    statements = sql_statements(agency_user_sql("state-ca-dmv", HASH))
+    filters = agency_filters("state-ca-dmv")
+    for table in CORRECTION_TABLES:
+        permissive = [
+            s for s in statements if s.startswith("CREATE ROW POLICY IF NOT EXISTS govmeter_all")
+        ]
+        assert any(table in s and s.endswith("USING 1 TO ALL") for s in permissive), table
+        assert (
+            f"CREATE ROW POLICY IF NOT EXISTS govmeter_agency_state_ca_dmv\n    ON {table}\n"
+            f"    AS RESTRICTIVE FOR SELECT USING ({filters[table]}) "
+            "TO govmeter_agency_state_ca_dmv"
+        ) in statements, table
+        assert f"GRANT SELECT ON {table} TO govmeter_agency_reader" in statements
 
 
 def test_user_names_are_one_to_one_with_agency_ids() -> None:

@@ -22,7 +22,7 @@ from schemas.rejections import classify
 from store import connect
 from store.corrections import REBUILD_GRAIN, CorrectionStore
 from store.ledger import Janitor, Ledger
-from store.migrations import apply_migrations
+from store.migrations import apply_migrations, load_migrations
 from store.writers import Leases, Registry
 from streams.batch import SourceMessage, assemble_batch
 from streams.corrections import CorrectionApplier
@@ -376,3 +376,56 @@ def test_verify_names_the_correction_after_one_that_was_removed(client: Client) 
         f"correction 2 ({AMEND_ONE.correction_id}): chain hash differs: it does not follow "
         "the previous correction's chain (a correction before it was removed or replaced)"
     ]
+
+
+def _agencies(client: Client) -> set[tuple[int, str, str]]:
+    rows = client.query(
+        "SELECT correction_seq, toString(event_id), agency_id FROM metering.correction_agencies"
+    ).result_rows
+    return {(int(seq), str(event), str(agency)) for seq, event, agency in rows}
+
+
+def test_each_correction_is_read_by_the_agencies_its_events_were_in(client: Client) -> None:
+    """metering.correction_agencies, which agency users' row filters read: an event's
+    agency before and after each correction, and the agency it was first counted for."""
+    moved = EVENTS[4]  # fed-1, on 2026-11-01
+    to_b = _correction(action="amend", event_id=moved["event_id"], set={"agency_id": "fed-9"})
+    to_c = _correction(action="amend", event_id=moved["event_id"], set={"agency_id": "fed-8"})
+    never = _correction(action="void", event_id=str(uuid.UUID(int=999)))
+    statuses = _apply(client, [to_b, to_c, VOID_RANGE, VOID_ONE, never])
+    assert statuses == ["applied", "applied", "applied", "applied", "refused"]
+    in_range = [
+        e["event_id"]
+        for e in EVENTS
+        if e["agency_id"] == "fed-1" and e["occurred_at"].startswith("2026-11-02")
+    ]
+    expected = {
+        (1, moved["event_id"], "fed-1"),  # before, and first counted for
+        (1, moved["event_id"], "fed-9"),  # after
+        (2, moved["event_id"], "fed-9"),  # before (the mark of correction 1)
+        (2, moved["event_id"], "fed-8"),  # after
+        (2, moved["event_id"], "fed-1"),  # first counted for
+        *((3, event, "fed-1") for event in in_range),  # the range's agency, each event
+        (4, ONLY["event_id"], "fed-0"),
+        # 5: an event never counted was in no agency
+    }
+    assert in_range and _agencies(client) == expected
+
+    # Migration 0014 fills the same rows for the corrections committed before it.
+    client.command("TRUNCATE TABLE metering.correction_agencies")
+    [migration] = [m for m in load_migrations() if m.name == "correction_agencies"]
+    [backfill] = [s for s in migration.statements() if s.startswith("INSERT INTO")]
+    client.command(backfill)
+    assert _agencies(client) == expected
+
+    # A correction committed by a writer that died before it added the rows: the next
+    # holder of the lease adds them (step 0), once.
+    client.command(
+        "ALTER TABLE metering.correction_agencies DELETE WHERE correction_seq = 2 "
+        "SETTINGS mutations_sync = 2"
+    )
+    assert _apply(client, [to_c], first_offset=5) == ["already_decided"]
+    assert _agencies(client) == expected
+    assert client.query("SELECT count() FROM metering.correction_agencies").result_rows[0][
+        0
+    ] == len(expected)

@@ -60,6 +60,7 @@ EXPECTED_OBJECTS = sorted(
         "billing_runs",
         "certificates",
         "corrected_events",
+        "correction_agencies",
         "correction_marks",
         "corrections",
         "corrections_applied",
@@ -67,6 +68,7 @@ EXPECTED_OBJECTS = sorted(
         "expired_offsets",
         "flush_applied",
         "flush_ledger",
+        "lost_ranges",
         "model_daily_rollup",
         "model_monthly_rollup",
         "monthly_totals",
@@ -84,7 +86,9 @@ ON_CLUSTER = re.compile(
     r"(?:CREATE (?:(DATABASE|TABLE|VIEW) IF NOT EXISTS|OR REPLACE VIEW)|ALTER TABLE) [\w.]+ "
     r"ON CLUSTER 'govmeter'(?:[\s(]|\Z)"
 )
-BACKFILL = re.compile(r"INSERT INTO metering\.\w+_rollup\nSELECT ")
+BACKFILL = re.compile(
+    r"INSERT INTO metering\.(?:\w+_rollup\nSELECT |correction_agencies \(correction_seq, )"
+)
 REPLICATED = (
     "ENGINE = Replicated{}('/clickhouse/tables/{{shard}}/{{database}}/{{table}}', '{{replica}}'"
 )
@@ -145,7 +149,7 @@ def test_every_cluster_statement_is_on_the_cluster_and_every_table_replicated() 
         if statement.startswith("CREATE TABLE"):
             assert "ENGINE = Replicated" in statement, statement
     tables = [s for s in statements if s.startswith("CREATE TABLE")]
-    assert len(tables) == 21  # schema_versions and the twenty tables of the SQL files
+    assert len(tables) == 23  # schema_versions and the twenty-two tables of the SQL files
     windowed = [s for s in tables if "replicated_deduplication_window = 10000" in s]
     assert [re.search(r"metering\.(\w+)", s)[1] for s in windowed] == [  # type: ignore[index]
         "flush_ledger",

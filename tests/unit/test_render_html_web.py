@@ -171,6 +171,8 @@ def test_oversight_users_are_neither_agencies_nor_the_writer() -> None:
         ("govmeter_agency_fed_gsa", "is an agency's user"),
         ("writer", "never reads as them"),
         ("default", "never reads as them"),
+        ("govmeter_writer", "never reads as them"),
+        ("govmeter_server", "never reads as them"),
         ("", "is not a ClickHouse user name"),
         (" ig", "is not a ClickHouse user name"),
     ):

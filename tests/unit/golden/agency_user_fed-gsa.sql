@@ -19,6 +19,10 @@ GRANT SELECT ON metering.model_daily_rollup TO govmeter_agency_reader;
 GRANT SELECT ON metering.agency_monthly_rollup TO govmeter_agency_reader;
 GRANT SELECT ON metering.model_monthly_rollup TO govmeter_agency_reader;
 GRANT SELECT ON metering.counted_events TO govmeter_agency_reader;
+GRANT SELECT ON metering.corrections TO govmeter_agency_reader;
+GRANT SELECT ON metering.correction_marks TO govmeter_agency_reader;
+GRANT SELECT ON metering.corrections_applied TO govmeter_agency_reader;
+GRANT SELECT ON metering.correction_agencies TO govmeter_agency_reader;
 
 -- A table with any row policy hides all its rows from users no policy names. This
 -- policy keeps every other user (worker, billing, analysts) seeing every row.
@@ -29,6 +33,12 @@ CREATE ROW POLICY IF NOT EXISTS govmeter_all_rows
        metering.agency_monthly_rollup,
        metering.model_monthly_rollup,
        metering.counted_events
+    AS PERMISSIVE FOR SELECT USING 1 TO ALL;
+CREATE ROW POLICY IF NOT EXISTS govmeter_all_rows
+    ON metering.corrections,
+       metering.correction_marks,
+       metering.corrections_applied,
+       metering.correction_agencies
     AS PERMISSIVE FOR SELECT USING 1 TO ALL;
 
 -- 2. The agency's user.
@@ -53,3 +63,20 @@ CREATE ROW POLICY IF NOT EXISTS govmeter_agency_fed_gsa
        metering.model_monthly_rollup,
        metering.counted_events
     AS RESTRICTIVE FOR SELECT USING agency_id = 'fed-gsa' TO govmeter_agency_fed_gsa;
+
+-- The corrections of the agency's own events: a range correction of the agency, or one
+-- that dealt with an event the agency had before it, has after it, or was first
+-- counted for (metering.correction_agencies, filled by the worker from the committed
+-- record). A policy's subquery runs with the reader's rights and policies.
+CREATE ROW POLICY IF NOT EXISTS govmeter_agency_fed_gsa
+    ON metering.corrections
+    AS RESTRICTIVE FOR SELECT USING (scope_agency_id = 'fed-gsa' OR correction_seq IN (SELECT correction_seq FROM metering.correction_agencies WHERE agency_id = 'fed-gsa')) TO govmeter_agency_fed_gsa;
+CREATE ROW POLICY IF NOT EXISTS govmeter_agency_fed_gsa
+    ON metering.correction_marks
+    AS RESTRICTIVE FOR SELECT USING ((correction_seq, event_id) IN (SELECT correction_seq, event_id FROM metering.correction_agencies WHERE agency_id = 'fed-gsa')) TO govmeter_agency_fed_gsa;
+CREATE ROW POLICY IF NOT EXISTS govmeter_agency_fed_gsa
+    ON metering.corrections_applied
+    AS RESTRICTIVE FOR SELECT USING (correction_seq IN (SELECT correction_seq FROM metering.corrections WHERE scope_agency_id = 'fed-gsa') OR correction_seq IN (SELECT correction_seq FROM metering.correction_agencies WHERE agency_id = 'fed-gsa')) TO govmeter_agency_fed_gsa;
+CREATE ROW POLICY IF NOT EXISTS govmeter_agency_fed_gsa
+    ON metering.correction_agencies
+    AS RESTRICTIVE FOR SELECT USING (agency_id = 'fed-gsa') TO govmeter_agency_fed_gsa;

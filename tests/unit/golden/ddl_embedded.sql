@@ -503,3 +503,75 @@ SETTINGS non_replicated_deduplication_window = 10000;
 
 ALTER TABLE metering.corrections
     ADD COLUMN IF NOT EXISTS ledger_head UInt64 DEFAULT 18446744073709551615;
+
+-- store/sql/0013_lost_ranges.sql (sha256 c3a1115d67f5b6ed5d327c3c3399ebc66583946a9f190c5d7369cd66fc90caa9)
+CREATE TABLE IF NOT EXISTS metering.lost_ranges
+(
+    topic         LowCardinality(String),
+    partition     UInt32,
+    first_offset  UInt64,
+    last_offset   UInt64,
+    flush_seq     UInt64,
+    commit_seq    UInt64,
+    events_lost   UInt64,
+    rejections_lost UInt64,
+    reason        String,
+    detected_at   DateTime64(3, 'UTC') DEFAULT now64(3),
+    worker        String
+)
+ENGINE = MergeTree
+ORDER BY (topic, partition, first_offset);
+
+-- store/sql/0014_correction_agencies.sql (sha256 af9b575e6824f7d68cc2ddd2833069e906e13cd5ee2d7d171e2c156f7f51d187)
+CREATE TABLE IF NOT EXISTS metering.correction_agencies
+(
+    correction_seq  UInt64,
+    event_id        UUID,
+    agency_id       String
+)
+ENGINE = MergeTree
+ORDER BY (agency_id, correction_seq, event_id);
+
+INSERT INTO metering.correction_agencies (correction_seq, event_id, agency_id)
+WITH
+    (SELECT groupArray(correction_seq) FROM metering.corrections
+     WHERE correction_seq NOT IN (SELECT correction_seq FROM metering.correction_agencies))
+        AS todo,
+    dealt AS
+    (
+        SELECT correction_seq AS seq, event_id AS dealt_event, agency_id AS after
+        FROM metering.correction_marks
+        WHERE has(todo, correction_seq)
+        UNION ALL
+        SELECT correction_seq AS seq, toUUIDOrZero(event_id) AS dealt_event, '' AS after
+        FROM metering.corrections
+        WHERE has(todo, correction_seq) AND event_id != '' AND events_marked = 0
+    )
+SELECT DISTINCT d.seq, d.dealt_event, agency
+FROM dealt AS d
+LEFT JOIN
+(
+    SELECT event_id, arraySort(groupArray((correction_seq, agency_id))) AS history
+    FROM metering.correction_marks
+    WHERE correction_seq IN (SELECT correction_seq FROM metering.corrections)
+      AND event_id IN (SELECT dealt_event FROM dealt)
+    GROUP BY event_id
+) AS h ON h.event_id = d.dealt_event
+LEFT JOIN
+(
+    SELECT event_id, any(agency_id) AS counted_for
+    FROM metering.counted_events
+    WHERE event_id IN (SELECT dealt_event FROM dealt)
+      AND flush_seq IN (SELECT flush_seq FROM metering.flush_ledger)
+    GROUP BY event_id
+) AS o ON o.event_id = d.dealt_event
+ARRAY JOIN [
+    if(arrayLast(x -> x.1 < d.seq, h.history).2 != '',
+       arrayLast(x -> x.1 < d.seq, h.history).2, o.counted_for),
+    d.after,
+    o.counted_for
+] AS agency
+WHERE agency != '' AND d.dealt_event != toUUID('00000000-0000-0000-0000-000000000000')
+  AND 1
+SETTINGS max_insert_threads = 1, max_threads = 1,
+         min_insert_block_size_rows = 1000000000, min_insert_block_size_bytes = 100000000000;
