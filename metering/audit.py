@@ -50,19 +50,32 @@ def add_audit_command(subparsers: Any) -> None:
     )
 
 
-def read_audit_sql(*, agency: bool) -> str:
-    """The reads since `{since:Date}`, oldest first; with `agency`, of `{agency:String}`."""
+# Reads restored from a backup (`metering restore`): the record of reads as the backup
+# held it, beside the server's own record (which only the engine writes).
+RESTORED_READ_AUDIT: Final = "metering.read_audit_restored"
+
+
+def read_audit_sql(*, agency: bool, restored: bool = False) -> str:
+    """The reads since `{since:Date}`, oldest first; with `agency`, of `{agency:String}`;
+    with `restored`, the restored record's too."""
     metering_tables = "arrayFilter(t -> startsWith(t, 'metering.'), tables)"
     where = f"toDate(event_time) >= {{since:Date}} AND notEmpty({metering_tables})"
     if agency:
         where += f" AND agency IN ({{agency:String}}, '{ALL_AGENCIES}')"
+    source = READ_AUDIT_TABLE
+    if restored:
+        columns = "event_time, user, tables, result_rows, query_id"
+        source = (
+            f"(SELECT {columns} FROM {READ_AUDIT_TABLE} "
+            f"UNION ALL SELECT {columns} FROM {RESTORED_READ_AUDIT})"
+        )
     return (
         "SELECT event_time, user, "
         f"if(startsWith(user, '{_AGENCY_PREFIX}'), "
         f"replaceAll(substring(user, {len(_AGENCY_PREFIX) + 1}), '_', '-'), "
         f"'{ALL_AGENCIES}') AS agency, "
         f"{metering_tables} AS tables, result_rows, query_id "
-        f"FROM {READ_AUDIT_TABLE} WHERE {where} ORDER BY event_time, query_id"
+        f"FROM {source} WHERE {where} ORDER BY event_time, query_id"
     )
 
 
@@ -93,7 +106,14 @@ def run_audit(args: argparse.Namespace, settings: Settings) -> int:
         parameters: dict[str, Any] = {"since": args.since}
         if args.agency is not None:
             parameters["agency"] = args.agency
-        result = client.query(read_audit_sql(agency=args.agency is not None), parameters=parameters)
+        restored = client.query(
+            "SELECT count() FROM system.tables WHERE database = 'metering' "
+            "AND name = 'read_audit_restored'"
+        ).result_rows[0][0]
+        result = client.query(
+            read_audit_sql(agency=args.agency is not None, restored=bool(restored)),
+            parameters=parameters,
+        )
         rows = [tuple(row) for row in result.result_rows]
     finally:
         client.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from typing import Any
 from metering.kafka_config import kafka_python_options
 from metering.settings import Settings
 from store import connect
-from store.backup import BackupError, backup, latest, prune, restore
+from store.backup import BackupDisk, BackupError, backup, latest, prune, restore
 from store.backup.manifest import MANIFEST
+from store.local_server.config import ServerLayout
 
 __all__ = ["add_backup_commands", "run_backup", "run_restore"]
 
@@ -47,6 +49,18 @@ def add_backup_commands(commands: Any) -> None:
     back.add_argument("--clickhouse-url", dest="clickhouse_url", help="env CLICKHOUSE_URL")
 
 
+def backups_disk(env: dict[str, str] | None = None) -> BackupDisk:
+    """The server's backups disk as this process sees it: CLICKHOUSE_BACKUP_DIR, else the
+    local server's default, next to its data (${CLICKHOUSE_DATA_DIR}-backups)."""
+    env = dict(os.environ if env is None else env)
+    given = env.get("CLICKHOUSE_BACKUP_DIR")
+    layout = ServerLayout.for_data_dir(
+        Path(env.get("CLICKHOUSE_DATA_DIR") or "./var/clickhouse"),
+        backups_dir=Path(given) if given else None,
+    )
+    return BackupDisk(layout.backups)
+
+
 def _release() -> str:
     try:
         return importlib.metadata.version("govmeter")
@@ -67,7 +81,9 @@ def run_backup(args: argparse.Namespace, settings: Settings) -> int:
     client = connect(settings.clickhouse_url)
     try:
         began = datetime.now(UTC)
-        manifest = backup(client, set_dir, full=args.full, release=_release(), now=began)
+        manifest = backup(
+            client, set_dir, backups_disk(), full=args.full, release=_release(), now=began
+        )
     finally:
         client.close()
     seconds = (datetime.now(UTC) - began).total_seconds()
@@ -112,7 +128,7 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
     directory = _backup_dir(args.source)
     client = connect(settings.clickhouse_url)
     try:
-        restored = restore(client, directory)
+        restored = restore(client, directory, backups_disk())
     finally:
         client.close()
     ledger = restored.ledger

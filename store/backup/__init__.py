@@ -3,8 +3,10 @@
 (`manifest.py`)."""
 
 from store.backup.backups import (
+    BACKUP_DISK,
     CHAIN_LIMIT,
     DATABASES,
+    BackupDisk,
     Restored,
     backup,
     backups_in,
@@ -16,8 +18,10 @@ from store.backup.backups import (
 from store.backup.manifest import BackupError, Manifest, read_manifest, verify_files
 
 __all__ = [
+    "BACKUP_DISK",
     "CHAIN_LIMIT",
     "DATABASES",
+    "BackupDisk",
     "BackupError",
     "Manifest",
     "Restored",

@@ -9,9 +9,10 @@
 
 The databases are `metering` (ledger, counted events, rollups, bills, corrections,
 certificates, writers) and `govmeter_audit` (who read what) when the store has it. The
-server writes the backup's files: the set directory must be inside its
-`backups.allowed_path` (the local server's is CLICKHOUSE_BACKUP_DIR), and this process
-reads them back for the manifest, so it runs where the server's files are.
+server writes the backup's files, to its backups disk (`Disk('backups', ...)`, the one
+disk `backups.allowed_disk` allows; the local server's is CLICKHOUSE_BACKUP_DIR): the
+set directory must be inside that disk's directory, and this process reads the files
+back for the manifest, so it runs where the server's files are.
 
 BACKUP is consistent per table, not across tables, and writers keep committing while it
 runs: a flush committed between the ledger's snapshot and another table's is in the
@@ -46,8 +47,10 @@ from store.backup.manifest import (
 from store.conditional_insert import sql_string
 
 __all__ = [
+    "BACKUP_DISK",
     "CHAIN_LIMIT",
     "DATABASES",
+    "BackupDisk",
     "BackupError",
     "Restored",
     "backup",
@@ -59,6 +62,29 @@ __all__ = [
 ]
 
 DATABASES: Final = ("metering", "govmeter_audit")
+BACKUP_DISK: Final = "backups"
+
+
+@dataclass(frozen=True)
+class BackupDisk:
+    """The server's disk for backups: its name and its directory as this process sees it."""
+
+    root: Path
+    name: str = BACKUP_DISK
+
+    def place(self, path: Path) -> str:
+        """`Disk(...)` of a directory inside the disk's root."""
+        root = self.root.resolve()
+        try:
+            relative = path.resolve().relative_to(root)
+        except ValueError:
+            raise BackupError(
+                f"{path} is not inside {root}, the directory of the server's backups disk "
+                f"'{self.name}' (CLICKHOUSE_BACKUP_DIR): put the backup set there"
+            ) from None
+        return f"Disk({sql_string(self.name)}, {sql_string(relative.as_posix())})"
+
+
 # An incremental backup restores with every base before it: at most this many
 # increments after a full one, then the next is full again.
 CHAIN_LIMIT: Final = 6
@@ -130,6 +156,7 @@ def chain_of(set_dir: Path, manifest: Manifest) -> list[Manifest]:
 def backup(
     client: Client,
     set_dir: Path,
+    disk: BackupDisk,
     *,
     full: bool = False,
     release: str = "",
@@ -160,9 +187,9 @@ def backup(
     ledger_before = _ledger(client)
     corrections_before = _corrections(client)
     what = ", ".join(f"DATABASE {name}" for name in sorted(databases, key=DATABASES.index))
-    statement = f"BACKUP {what} TO File({sql_string(str(target / DATA))})"
+    statement = f"BACKUP {what} TO {disk.place(target / DATA)}"
     if base is not None:
-        statement += f" SETTINGS base_backup = File({sql_string(str(set_dir / base.name / DATA))})"
+        statement += f" SETTINGS base_backup = {disk.place(set_dir / base.name / DATA)}"
     try:
         client.command(statement)
     except Exception as error:
@@ -195,12 +222,12 @@ def backup(
 
 def _explain_backup_error(error: Exception, set_dir: Path) -> str:
     text = str(error)
-    if "allowed_path" in text or "INVALID_CONFIG_PARAMETER" in text or "not allowed" in text:
+    if "allowed_disk" in text or "INVALID_CONFIG_PARAMETER" in text or "not allowed" in text:
         return (
-            f"the server may not write backups to {set_dir}: it must be inside the server's "
-            "`backups.allowed_path` (the local server's is CLICKHOUSE_BACKUP_DIR, "
-            "${CLICKHOUSE_DATA_DIR}-backups by default; a ClickHouse server's is set in its "
-            f"config.xml): {text.splitlines()[0][:300]}"
+            f"the server may not write backups to {set_dir}: it needs a disk '{BACKUP_DISK}' "
+            "in its storage configuration, allowed by `backups.allowed_disk` (the local "
+            "server has it, at CLICKHOUSE_BACKUP_DIR, ${CLICKHOUSE_DATA_DIR}-backups by "
+            f"default): {text.splitlines()[0][:300]}"
         )
     return f"BACKUP failed: {text.splitlines()[0][:400] if text else type(error).__name__}"
 
@@ -229,7 +256,7 @@ class Restored:
     ledger: dict[str, Any]
 
 
-def restore(client: Client, backup_dir: Path) -> Restored:
+def restore(client: Client, backup_dir: Path, disk: BackupDisk) -> Restored:
     """Restore a verified backup (with its bases) into an empty store."""
     backup_dir = backup_dir.resolve()
     manifest = read_manifest(backup_dir)
@@ -246,18 +273,12 @@ def restore(client: Client, backup_dir: Path) -> Restored:
             "restored into an empty store only, so nothing counted is overwritten; start an "
             "empty server (a new CLICKHOUSE_DATA_DIR) and restore there"
         )
-    source = f"File({sql_string(str(backup_dir / DATA))})"
+    source = disk.place(backup_dir / DATA)
     client.command(f"RESTORE DATABASE metering FROM {source}")
     if "govmeter_audit" in manifest.databases:
-        audit = client.query(
-            "SELECT count() FROM system.tables WHERE database = 'govmeter_audit' "
-            "AND name = 'read_audit'"
-        ).result_rows[0][0]
-        if int(audit):
-            client.command(
-                f"RESTORE TABLE govmeter_audit.read_audit FROM {source} "
-                "SETTINGS allow_non_empty_tables = 1"
-            )
-        else:
-            client.command(f"RESTORE DATABASE govmeter_audit FROM {source}")
+        # The record of reads as the backup held it, beside the server's own (which
+        # only the engine writes): `metering audit reads` reads both.
+        client.command(
+            f"RESTORE TABLE govmeter_audit.read_audit AS metering.read_audit_restored FROM {source}"
+        )
     return Restored(manifest, [m.name for m in chain], _ledger(client))

@@ -211,6 +211,11 @@ WRITER_GRANTS: Final = (
     # user write any file the server process may, its users files included.
     "GRANT BACKUP ON metering.*",
     "GRANT BACKUP ON govmeter_audit.*",
+    # BACKUP TO / RESTORE FROM Disk('backups', ...): the one disk the server allows for
+    # backups (backups.allowed_disk), a local disk at CLICKHOUSE_BACKUP_DIR. Not FILE:
+    # on this engine (clickhouse-local) the file() function writes any path the server
+    # process may, its users files included (tests/integration/test_local_server.py).
+    "GRANT READ, WRITE ON DISK",
 )
 
 LOOPBACK: Final = ("127.0.0.1", "::1")
@@ -250,11 +255,28 @@ class ServerLayout:
 
     data_dir: Path
     server_dir: Path
+    # Where the server may write backups (`metering backup --to` a set inside it):
+    # CLICKHOUSE_BACKUP_DIR, else next to the data (another disk is better).
+    backups_dir: Path | None = None
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path, server_dir: Path | None = None) -> ServerLayout:
+    def for_data_dir(
+        cls, data_dir: Path, server_dir: Path | None = None, backups_dir: Path | None = None
+    ) -> ServerLayout:
         data = data_dir.expanduser().resolve()
-        return cls(data, (server_dir or data.with_name(data.name + "-server")).resolve())
+        backups = (backups_dir or data.with_name(data.name + "-backups")).expanduser().resolve()
+        return cls(data, (server_dir or data.with_name(data.name + "-server")).resolve(), backups)
+
+    @property
+    def user_files(self) -> Path:
+        """What the file() table function may touch: an empty directory of its own."""
+        return self.server_dir / "user_files"
+
+    @property
+    def backups(self) -> Path:
+        if self.backups_dir is not None:
+            return self.backups_dir
+        return self.data_dir.with_name(self.data_dir.name + "-backups")
 
     @property
     def config_xml(self) -> Path:
@@ -307,6 +329,18 @@ def render_config_xml(
     <http_port>{int(http_port)}</http_port>
     <tcp_port>{int(tcp_port)}</tcp_port>
     <keep_alive_timeout>2</keep_alive_timeout>
+    <storage_configuration>
+        <disks>
+            <backups>
+                <type>local</type>
+                <path>{escape(str(layout.backups))}/</path>
+            </backups>
+        </disks>
+    </storage_configuration>
+    <backups>
+        <allowed_disk>backups</allowed_disk>
+        <allowed_path>{escape(str(layout.backups))}/</allowed_path>
+    </backups>
     <max_connections>1024</max_connections>
     <users_config>{escape(str(layout.users_xml))}</users_config>
     <logger>

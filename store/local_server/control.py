@@ -65,9 +65,11 @@ class ServerOptions:
     def from_environment(cls, env: dict[str, str] | None = None) -> ServerOptions:
         env = dict(os.environ if env is None else env)
         server_dir = env.get("CLICKHOUSE_SERVER_DIR")
+        backups_dir = env.get("CLICKHOUSE_BACKUP_DIR")
         layout = ServerLayout.for_data_dir(
             Path(env.get("CLICKHOUSE_DATA_DIR") or "./var/clickhouse"),
             Path(server_dir) if server_dir else None,
+            Path(backups_dir) if backups_dir else None,
         )
         return cls(
             layout=layout,
@@ -210,6 +212,8 @@ class LocalServer:
         options, layout = self.options, self.layout
         layout.data_dir.mkdir(parents=True, exist_ok=True)
         layout.users_d.mkdir(parents=True, exist_ok=True)
+        layout.backups.mkdir(parents=True, exist_ok=True)
+        layout.user_files.mkdir(parents=True, exist_ok=True)
         layout.server_dir.chmod(0o700)
         layout.config_xml.write_text(
             render_config_xml(

@@ -503,6 +503,20 @@ def test_the_writer_counts_but_cannot_rewrite_drop_or_manage_access(counted: Met
         assert status != 200 and "ACCESS_DENIED" in body, (sql, status, body[:300])
     assert run.views() == before
     assert before["agency_daily"] == golden["agency_daily"]
+    # Files only for its backups: the file() function reaches an empty directory of its
+    # own, not the server's users files; BACKUP only the backups directory.
+    users = run.store.server_dir / "users.xml"
+    users_before = users.read_bytes()
+    escape = run.workdir / "escaped.txt"
+    for target in (str(users), "../users.xml", str(escape)):
+        status, body = _http(
+            run.store, f"INSERT INTO FUNCTION file('{target}', 'TSV', 'x String') VALUES ('x')"
+        )
+        assert status != 200, (target, body[:300])
+    status, body = _http(run.store, f"BACKUP TABLE metering.writers TO File('{escape}')")
+    assert status != 200, body[:300]
+    assert users.read_bytes() == users_before
+    assert not escape.exists()
     # What it needs: it migrated and counted this store; it reads the record of reads.
     assert _http(run.store, "SELECT count() FROM govmeter_audit.read_audit")[0] == 200
     assert _http(run.store, "SYSTEM FLUSH LOGS")[0] == 200

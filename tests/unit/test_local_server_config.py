@@ -110,10 +110,15 @@ def test_the_writer_may_not_rewrite_drop_or_manage_access() -> None:
         "CREATE USER",
         "ROW POLICY",
         "KILL",
-        "WRITE ON",
+        "ON FILE",
+        "WRITE ON URL",
+        "WRITE ON S3",
         "SYSTEM SHUTDOWN",
     ):
         assert refused not in granted, refused
+    # The backups disk only (backups.allowed_disk); no FILE, which file() would use to
+    # write any path (tests/integration/test_local_server.py tries).
+    assert [g for g in WRITER_GRANTS if " ON DISK" in g] == ["GRANT READ, WRITE ON DISK"]
     drops = [g for g in WRITER_GRANTS if "DROP" in g]
     assert drops == [
         "GRANT DROP VIEW ON metering.agency_monthly",
@@ -123,7 +128,7 @@ def test_the_writer_may_not_rewrite_drop_or_manage_access() -> None:
     for grant in WRITER_GRANTS:
         target = grant.rsplit(" ON ", 1)[1]
         assert target.startswith(("metering.", "govmeter_audit.", "*.*")) or target.endswith(
-            "MergeTree"
+            ("MergeTree", "DISK")
         ), grant
         if target == "*.*":
             assert grant == "GRANT SYSTEM FLUSH LOGS ON *.*", grant

@@ -575,3 +575,25 @@ WHERE agency != '' AND d.dealt_event != toUUID('00000000-0000-0000-0000-00000000
   AND 1
 SETTINGS max_insert_threads = 1, max_threads = 1,
          min_insert_block_size_rows = 1000000000, min_insert_block_size_bytes = 100000000000;
+
+-- store/sql/0015_durable_inserts.sql (sha256 0eb773b33bc254a5ced0d5bdecc4a8bdaf6cfebea69bc49dcb34b0a9afea4ac9)
+ALTER TABLE metering.flush_ledger
+    MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1;
+
+ALTER TABLE metering.counted_events
+    MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1;
+
+ALTER TABLE metering.rejections_log
+    MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1;
+
+ALTER TABLE metering.flush_applied
+    MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1;
+
+ALTER TABLE metering.corrections
+    MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1;
+
+ALTER TABLE metering.correction_marks
+    MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1;
+
+ALTER TABLE metering.corrections_applied
+    MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1;
