@@ -246,6 +246,14 @@ class Ledger:
         guard = (
             None if corrections_term is None else lease_allows(CORRECTIONS_LEASE, corrections_term)
         )
+        if guard is not None and not int(self.client.query(f"SELECT {guard}").result_rows[0][0]):
+            # Held now: fold nothing. Checked first because the statements below are
+            # judged one by one: a lease released between the last fold and the mark
+            # would let through the mark of a flush whose folds it had blocked. Once this
+            # check passed, a flush committed before it is one the next holder folds
+            # itself (it reads the head after taking the lease), so a lease taken midway
+            # leaves nothing undone.
+            return False
         for name in rollups:
             self.client.command(
                 sql.apply_rollup_sql(name, seq, guard=guard), parameters={"flush_seq": seq}

@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
+from kafka.errors import KafkaError
 
 from tests.integration.harness import CORPUS, FAST_REBALANCE_ENV, MeteringRun, expected
 from tests.integration.test_codecs import bootstrap, create_events_topic
@@ -478,7 +479,11 @@ def group_assignment(run: MeteringRun, members: int, timeout: float = 90) -> lis
     seen: Any = None
     try:
         while time.monotonic() < deadline:
-            seen = admin.describe_groups([group])[group]
+            try:
+                seen = admin.describe_groups([group])[group]
+            except KafkaError:  # a fresh broker's coordinator is still loading
+                time.sleep(1.0)
+                continue
             owned = (
                 sorted(
                     (_assigned(member, topic) for member in seen["members"]),

@@ -25,6 +25,7 @@ from store.ledger import Janitor, Ledger
 from store.ledger.chain import chain_sha256
 from store.writers import CORRECTIONS_LEASE, Leases, Registry
 from streams.batch import ClassifiedBatch, SourceMessage, classify_batch
+from streams.corrections_lease import CorrectionsLease, fold_up_to
 from streams.dead_letter import DeadLetter
 from streams.faults import FaultPlan
 from streams.seen_ids import SeenIdFilter, id_halves, load_from_store
@@ -522,3 +523,60 @@ def test_folds_wait_while_the_corrections_lease_is_held(
     assert waits == 2
     assert protocol._views(client) == views_of([0, 1])
     assert_verified(client, 1)
+
+
+def test_a_fold_that_starts_while_the_lease_is_held_marks_nothing(
+    client: Client, writers: tuple[Writer, Writer]
+) -> None:
+    """The statements of a fold are judged one by one; a lease released between the
+    folds and the mark must not let a mark through without the folds (the bug: flushes
+    committed during a correction marked applied and missing from every rollup)."""
+    a, b = writers
+    leases, ledger = Leases(client), Ledger(client)
+    assert leases.take(CORRECTIONS_LEASE, 1, b.number)
+    released: list[str] = []
+
+    def release_after_the_folds(rollup: str) -> None:
+        if rollup == "tenant_daily_rollup" and not released:  # the last fold
+            leases.release(CORRECTIONS_LEASE, 1, b.number)
+            released.append(rollup)
+
+    flushed = batch(events(0, 0, [0, 1, 2]), {P0: None})
+    seq = a.flush_seq(1)
+    a.sink._when_folds_wait = None
+    # Commit, then fold by hand with the lease held and released before the mark.
+    a.sink._fold = _no_fold  # type: ignore[method-assign]
+    assert a.flush(flushed).commit_seq == 1
+    assert ledger.apply(seq, after_each=release_after_the_folds) is False
+    assert released == []  # it did not even try: the lease was held
+    assert protocol._views(client) == []
+    assert not ledger.is_applied(seq)
+    leases.release(CORRECTIONS_LEASE, 1, b.number)
+    assert ledger.apply(seq) is True
+    assert protocol._views(client) == views_of([0, 1, 2])
+    assert_verified(client, 1)
+
+
+def test_a_lease_taken_midway_through_a_fold_is_finished_by_its_holder(
+    client: Client, writers: tuple[Writer, Writer]
+) -> None:
+    a, b = writers
+    ledger = Ledger(client)
+    lease = CorrectionsLease(Leases(client), Registry(client), b.number, 30.0)
+    seq = a.flush_seq(1)
+    a.sink._fold = _no_fold  # type: ignore[method-assign]
+    assert a.flush(batch(events(0, 0, [0, 1, 2, 3]), {P0: None})).commit_seq == 1
+
+    def a_correction_runs_now(rollup: str) -> None:
+        if rollup == "agency_daily_rollup":  # after the first fold of four more
+            held = lease.take()
+            fold_up_to(ledger, ledger.max_committed_seq(), held.term)
+            lease.release(held)
+
+    assert ledger.apply(seq, after_each=a_correction_runs_now) is True
+    assert protocol._views(client) == views_of([0, 1, 2, 3])
+    assert_verified(client, 1)
+
+
+async def _no_fold(seq: int) -> None:
+    """A sink that commits and leaves the fold to the test."""
