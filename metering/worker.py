@@ -50,13 +50,14 @@ from streams.dead_letter import DeadLetterPublisher
 from streams.faults import FaultPlan
 from streams.heartbeat import Heartbeat
 from streams.intake import BatchIntake, CommittedReadProbe, known_earliest
-from streams.ledger_repair import RangeReader, repair_the_ledger
+from streams.ledger_repair import RangeReader, RepairReport, repair_the_ledger
 from streams.metrics import Metrics
 from streams.options import StreamOptions
 from streams.pipeline import MeteringPipeline
 from streams.positions import Positions
 from streams.seen_ids import load_from_store
 from streams.sink import ClickHouseSink
+from streams.store_failures import classify_store_error
 
 __all__ = ["IntakeError", "WorkerSummary", "run_worker"]
 
@@ -359,9 +360,20 @@ async def _open_writer(
     # of a table): damaged flushes are read again from Kafka or recorded as lost, and
     # the rollups are checked against the counted events, and rebuilt if they differ.
     reader = RangeReader(options.kafka)
+    repaired = RepairReport()
     try:
         repaired = await repair_the_ledger(
             ledger, reader, lambda call: loop.run_in_executor(None, call), worker=worker_name
+        )
+    except Exception as error:  # the flushes meet the same store and stop with the cause
+        failure = classify_store_error(error)
+        log.error(
+            "the ledger was not checked against its data at start",
+            extra={
+                "cause": failure.cause,
+                "what_to_do": failure.advice,
+                "error_message": str(error)[:300],
+            },
         )
     finally:
         await reader.close()
@@ -379,6 +391,16 @@ async def _open_writer(
     except LeaseBusyError as busy:
         log.info(
             "rollups not checked at start: a correction is being applied", extra={"why": str(busy)}
+        )
+    except Exception as error:  # the flushes meet the same store and stop with the cause
+        failure = classify_store_error(error)
+        log.error(
+            "rollups not checked at start: the store refused the check",
+            extra={
+                "cause": failure.cause,
+                "what_to_do": failure.advice,
+                "error_message": str(error)[:300],
+            },
         )
     filter_known = ledger.max_committed_seq()
     seen_ids = None
