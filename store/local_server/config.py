@@ -206,9 +206,7 @@ WRITER_GRANTS: Final = (
     # `metering audit reads`: flush the query log, then read the record of reads.
     "GRANT SYSTEM FLUSH LOGS ON *.*",
     "GRANT SELECT ON govmeter_audit.read_audit",
-    # Backups of the store and of the record of reads (`metering backup`). Writing one
-    # also takes WRITE ON FILE (or DISK), not granted: on this engine that would let a
-    # user write any file the server process may, its users files included.
+    # Backups of the store and of the record of reads (`metering backup`).
     "GRANT BACKUP ON metering.*",
     "GRANT BACKUP ON govmeter_audit.*",
     # BACKUP TO / RESTORE FROM Disk('backups', ...): the one disk the server allows for
