@@ -7,7 +7,8 @@
     1. look up which event ids were already counted (committed flushes only); an
        in-memory filter of committed ids clears most of them, the store judges the rest
     2. stage the newly counted events and the rejections, tagged with the flush's own
-       number (writer_no * 10^9 + n: no other writer ever uses it)
+       number (`store.writers.flush_numbers`: no other writer ever uses it, and it
+       lies above the flushes before it, so a fold reads back only its own)
     3. publish the dead-letter copies and wait for the broker's acknowledgement
     4. COMMIT: append the flush's ledger rows at commit_seq = head + 1 (one conditional
        insert: all or nothing, and only if nobody holds that number yet). Each row
@@ -69,7 +70,7 @@ from store.ledger.chain import (
     chain_sha256,
     content_lines,
 )
-from store.writers import Registry, flush_number
+from store.writers import FlushNumbers, Registry
 from streams.batch import ClassifiedBatch, PartitionRange, RejectedMessage, ValidMessage
 from streams.content_digest import counted_event_lines
 from streams.dead_letter import DeadLetterPublisher, dead_letter_for
@@ -188,13 +189,19 @@ class ClickHouseSink:
         seen_ids: SeenIdFilter | None = None,
         registry: Registry | None = None,
         when_folds_wait: Callable[[], Awaitable[None]] | None = None,
+        flush_numbers: FlushNumbers | None = None,
     ) -> None:
         if writer_no <= 0:
             raise ValueError(f"a sink needs a registered writer number, not {writer_no}")
         self._ledger = ledger
         self._dead_letters = dead_letters
         self._writer_no = writer_no
-        self._nth = 0
+        self._numbers = flush_numbers or FlushNumbers(writer_no)
+        if self._numbers.writer_no != writer_no:
+            raise ValueError(
+                f"the flush numbers of writer {self._numbers.writer_no} given to the sink "
+                f"of writer {writer_no}"
+            )
         self._worker = worker
         self._run_id = uuid.uuid4().hex[:12]
         self._retry_max = retry_max_seconds
@@ -357,8 +364,7 @@ class ClickHouseSink:
         return seq, lookup, commit_seq
 
     def _next_flush_seq(self) -> int:
-        self._nth += 1
-        return flush_number(self._writer_no, self._nth)
+        return self._numbers.next()
 
     async def _commit(
         self,
@@ -506,6 +512,7 @@ class ClickHouseSink:
             if row.commit_seq == expected:
                 expected += 1
             caught.append(row)
+            self._numbers.observe(row.flush_seq)
             key = (row.topic, row.partition)
             self._positions[key] = max(self._positions.get(key, 0), row.last_offset + 1)
             self._chain_head = row.chain_sha256

@@ -2,7 +2,7 @@
 
 A writer's number is claimed like a ledger commit (`store.conditional_insert`): the
 last number + 1, only if nobody has it yet. It makes the writer's flush numbers its
-own (`flush_number`), and every message that names another writer reads its row here:
+own (`store.writers.flush_numbers`), and every message that names another writer reads its row here:
 its host, pid and since when, and how long ago it last beat (on the server's clock).
 
 Heartbeats say which writers are live; nothing that decides a count depends on them.
@@ -26,28 +26,12 @@ from store.conditional_insert import insert_if
 from store.writers import sql
 
 __all__ = [
-    "FLUSHES_PER_WRITER",
     "Registry",
     "WriterIdentity",
     "WriterInfo",
-    "flush_number",
-    "writer_of_flush",
 ]
 
-# A writer's flushes are numbered writer_no * 10^9 + 1, + 2, ...: a billion per start.
-FLUSHES_PER_WRITER: Final = 1_000_000_000
 _REGISTER_TRIES: Final = 1000
-
-
-def flush_number(writer_no: int, nth: int) -> int:
-    if not 0 < nth < FLUSHES_PER_WRITER:
-        raise ValueError(f"writer {writer_no} has used its {FLUSHES_PER_WRITER - 1} flush numbers")
-    return writer_no * FLUSHES_PER_WRITER + nth
-
-
-def writer_of_flush(flush_seq: int) -> int:
-    """The writer number of a flush (0: committed before writers registered)."""
-    return flush_seq // FLUSHES_PER_WRITER
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from clickhouse_connect.driver.client import Client
 from metering.verify import verify_store
 from store.ledger import Janitor, Ledger
 from store.ledger.chain import chain_sha256
-from store.writers import CORRECTIONS_LEASE, Leases, Registry
+from store.writers import CORRECTIONS_LEASE, FlushNumbers, Leases, Registry
 from streams.batch import ClassifiedBatch, SourceMessage, classify_batch
 from streams.corrections_lease import CorrectionsLease, fold_up_to
 from streams.dead_letter import DeadLetter
@@ -40,7 +40,6 @@ P0 = (TOPIC, 0)
 P3 = (TOPIC, 3)
 NOT_JSON = b"{not json"
 FILTER_MIB = 1
-BILLION = 1_000_000_000
 
 TP = tuple[str, int]
 
@@ -89,6 +88,19 @@ class Letters:
             await during()
 
 
+class HandedOut(FlushNumbers):
+    """A writer's flush numbers, each one kept as it is handed out."""
+
+    def __init__(self, writer_no: int) -> None:
+        super().__init__(writer_no)
+        self.handed: list[int] = []
+
+    def next(self) -> int:
+        number = super().next()
+        self.handed.append(number)
+        return number
+
+
 @dataclass
 class Writer:
     name: str
@@ -96,6 +108,7 @@ class Writer:
     sink: ClickHouseSink
     seen: SeenIdFilter
     letters: Letters
+    numbers: HandedOut
 
     def flush(self, flushed: ClassifiedBatch) -> FlushResult:
         return asyncio.run(self.sink.flush(flushed))
@@ -104,7 +117,9 @@ class Writer:
         return [bool(b) for b in self.seen.maybe_seen(id_halves([event_id(n) for n in numbers]))]
 
     def flush_seq(self, nth: int) -> int:
-        return self.number * BILLION + nth
+        """The number of the `nth` flush this writer started (a flush that starts over
+        takes a new one)."""
+        return self.numbers.handed[nth - 1]
 
 
 def start_writer(client: Client, name: str, faults: FaultPlan | None = None) -> Writer:
@@ -115,6 +130,7 @@ def start_writer(client: Client, name: str, faults: FaultPlan | None = None) -> 
     known = ledger.max_committed_seq()
     seen = load_from_store(ledger, FILTER_MIB)
     letters = Letters()
+    numbers = HandedOut(number)
     sink = ClickHouseSink(
         ledger,
         letters,
@@ -127,8 +143,9 @@ def start_writer(client: Client, name: str, faults: FaultPlan | None = None) -> 
         faults=faults,
         seen_ids=seen,
         registry=Registry(client),
+        flush_numbers=numbers,
     )
-    return Writer(name, number, sink, seen, letters)
+    return Writer(name, number, sink, seen, letters, numbers)
 
 
 @pytest.fixture
@@ -542,11 +559,11 @@ def test_a_fold_that_starts_while_the_lease_is_held_marks_nothing(
             released.append(rollup)
 
     flushed = batch(events(0, 0, [0, 1, 2]), {P0: None})
-    seq = a.flush_seq(1)
     a.sink._when_folds_wait = None
     # Commit, then fold by hand with the lease held and released before the mark.
     a.sink._fold = _no_fold  # type: ignore[method-assign]
     assert a.flush(flushed).commit_seq == 1
+    seq = a.flush_seq(1)
     assert ledger.apply(seq, after_each=release_after_the_folds) is False
     assert released == []  # it did not even try: the lease was held
     assert protocol._views(client) == []
@@ -563,9 +580,9 @@ def test_a_lease_taken_midway_through_a_fold_is_finished_by_its_holder(
     a, b = writers
     ledger = Ledger(client)
     lease = CorrectionsLease(Leases(client), Registry(client), b.number, 30.0)
-    seq = a.flush_seq(1)
     a.sink._fold = _no_fold  # type: ignore[method-assign]
     assert a.flush(batch(events(0, 0, [0, 1, 2, 3]), {P0: None})).commit_seq == 1
+    seq = a.flush_seq(1)
 
     def a_correction_runs_now(rollup: str) -> None:
         if rollup == "agency_daily_rollup":  # after the first fold of four more
@@ -580,3 +597,54 @@ def test_a_lease_taken_midway_through_a_fold_is_finished_by_its_holder(
 
 async def _no_fold(seq: int) -> None:
     """A sink that commits and leaves the fold to the test."""
+
+
+def granules_read_for(client: Client, flush_seq: int) -> int:
+    """The granules a fold's read of one flush reads (`EXPLAIN indexes = 1`: what is
+    left after every index, the flush_seq minmax index among them)."""
+    plan = client.query(
+        "EXPLAIN indexes = 1 SELECT count() FROM metering.counted_events "
+        f"WHERE flush_seq = {int(flush_seq)}"
+    ).result_rows
+    lines = [str(row[0]).strip() for row in plan]
+    read = [line for line in lines if line.startswith("Parts:") and "| Granules:" in line]
+    assert len(read) == 1, lines
+    return int(read[0].rpartition("Granules: ")[2])
+
+
+def test_a_fold_reads_only_its_own_flush_after_merges_of_both_writers(
+    client: Client, writers: tuple[Writer, Writer]
+) -> None:
+    """A fold reads its flush back by `flush_seq` through the minmax index. Merged parts
+    hold both writers' flushes, their event ids interleaved, so every granule holds every
+    flush: only numbers that grow across writers keep the new flush outside them (the
+    earlier writer_no * 10^9 + n put writer a's next flush inside b's range: every
+    granule read)."""
+    a, b = writers
+    per_flush, rounds = 3_000, 4
+    offsets = {0: 0, 3: 0}
+    for j in range(2 * rounds):
+        w, partition = (a, 0) if j % 2 == 0 else (b, 3)
+        numbers = [i * 2 * rounds + j for i in range(per_flush)]
+        read_from = offsets[partition] or None
+        w.flush(
+            batch(events(partition, offsets[partition], numbers), {(TOPIC, partition): read_from})
+        )
+        offsets[partition] += per_flush
+    client.command("OPTIMIZE TABLE metering.counted_events FINAL")
+    merged = 2 * rounds * per_flush
+    assert client.query("SELECT count() FROM metering.counted_events").result_rows == [(merged,)]
+    parts = client.query(
+        "SELECT count() FROM system.parts WHERE database = 'metering' "
+        "AND table = 'counted_events' AND active"
+    ).result_rows
+    assert parts == [(1,)]
+    # Every granule of the merged part holds flushes of both writers.
+    granules = -(-merged // 8192)
+    assert [granules_read_for(client, w.flush_seq(1)) for w in writers] == [granules] * 2
+
+    # The next flush is one new part of one granule: its fold reads only that.
+    a.flush(batch(events(0, offsets[0], [merged + i for i in range(100)]), {P0: offsets[0]}))
+    assert granules_read_for(client, a.flush_seq(rounds + 1)) == 1
+    assert protocol._views(client) == views_of(range(merged + 100))
+    assert_verified(client, 2 * rounds + 1)
