@@ -19,6 +19,7 @@ from store.ledger.chain import (
     content_sha256,
     epoch_milliseconds,
 )
+from streams import content_digest
 from streams.batch import PartitionRange, SourceMessage, ValidEvents, ValidMessage
 from streams.content_digest import counted_event_lines
 from streams.seen_ids import id_halves
@@ -161,3 +162,44 @@ def test_what_was_derived_is_forgotten_when_a_row_is_added() -> None:
     valid.append(_event(2, "y").source, _event(2, "y").event)
     assert counted_event_lines(valid).count(b"\n") == 2
     assert valid.offsets() == [10**12 + 1, 10**12 + 2]
+
+
+PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F))
+
+
+def test_lines_joined_by_arrow_equal_the_chain_definition_on_printable_text() -> None:
+    """Every printable ASCII character but `"` and `\\` is joined by Arrow as it is,
+    the row separators of JSON included; the other two take the slower paths."""
+    rng = random.Random(29)
+    plain = PRINTABLE.replace('"', "").replace("\\", "")
+    texts = ["],[", "],[E", "] E[", "/~'`{}", " ", "x" * 64]
+    texts += ["".join(rng.choice(plain) for _ in range(rng.randrange(1, 40))) for _ in range(60)]
+    messages = [_event(n, texts[n % len(texts)]) for n in range(len(texts) * 3)]
+    valid = ValidEvents.of_messages(messages)
+    expected = "".join(content_lines([_chained(v) for v in messages], [], [])[1:])
+    joined = content_digest._joined_by_arrow(valid)
+    assert joined == expected.encode("ascii")
+    assert counted_event_lines(valid) == joined
+
+
+@pytest.mark.parametrize("text", ['quote " inside', "back\\slash", "tab\t", "del\x7f", "caf\u00e9"])
+def test_a_string_that_needs_an_escape_is_not_joined_by_arrow(text: str) -> None:
+    messages = [_event(n, text if n == 2 else "plain") for n in range(4)]
+    valid = ValidEvents.of_messages(messages)
+    assert content_digest._joined_by_arrow(valid) is None
+    expected = "".join(content_lines([_chained(v) for v in messages], [], [])[1:])
+    assert counted_event_lines(valid) == expected.encode("ascii")
+
+
+def test_the_largest_numbers_are_joined_as_json_writes_them() -> None:
+    messages = [_event(n, "x") for n in range(3)]
+    edged = [
+        ValidMessage(
+            SourceMessage("usage.events", 2**31 - 1, 2**63 - 1 - n, None, b""),
+            v.event.model_copy(update={"tokens_in": 2**32 - 1, "tokens_out": 0}),
+        )
+        for n, v in enumerate(messages)
+    ]
+    valid = ValidEvents.of_messages(edged)
+    expected = "".join(content_lines([_chained(v) for v in edged], [], [])[1:])
+    assert content_digest._joined_by_arrow(valid) == expected.encode("ascii")
