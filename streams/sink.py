@@ -496,6 +496,7 @@ class ClickHouseSink:
         first gap), and take in their positions, chain and ids."""
         if not self._synced:
             self._known, self._chain_head = self._ledger.head()
+            self._numbers.observe(self._ledger.max_flush_seq())
             self._positions = self._ledger.resume_positions()
             if self._seen_ids is not None and self._known > self._filter_known:
                 self._seen_ids.add(

@@ -85,6 +85,10 @@ class Ledger:
         """The head: the last commit number (0 before any flush)."""
         return int(self.client.query(sql.MAX_COMMITTED_SEQ).result_rows[0][0] or 0)
 
+    def max_flush_seq(self) -> int:
+        """The highest flush number committed (0 before any flush)."""
+        return int(self.client.query(sql.MAX_FLUSH_SEQ).result_rows[0][0] or 0)
+
     def head(self) -> tuple[int, str]:
         """(the last commit number, its chain hash): (0, '') before any flush."""
         rows = self.client.query(sql.LEDGER_HEAD).result_rows

@@ -242,6 +242,7 @@ IS_APPLIED: Final = (
 )
 
 MAX_COMMITTED_SEQ: Final = "SELECT max(commit_seq) FROM metering.flush_ledger"
+MAX_FLUSH_SEQ: Final = "SELECT max(flush_seq) FROM metering.flush_ledger"
 
 # Committed flushes not yet folded into every rollup, in commit order, with how long
 # ago each committed (server clock): those committed after {after} (every flush up to

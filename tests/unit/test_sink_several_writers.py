@@ -23,7 +23,7 @@ from clickhouse_connect.driver.client import Client
 from metering.verify import verify_store
 from store.ledger import Janitor, Ledger
 from store.ledger.chain import chain_sha256
-from store.writers import CORRECTIONS_LEASE, FlushNumbers, Leases, Registry
+from store.writers import CORRECTIONS_LEASE, FlushNumbers, Leases, Registry, flush_number
 from streams.batch import ClassifiedBatch, SourceMessage, classify_batch
 from streams.corrections_lease import CorrectionsLease, fold_up_to
 from streams.dead_letter import DeadLetter
@@ -91,8 +91,11 @@ class Letters:
 class HandedOut(FlushNumbers):
     """A writer's flush numbers, each one kept as it is handed out."""
 
-    def __init__(self, writer_no: int) -> None:
-        super().__init__(writer_no)
+    def __init__(self, writer_no: int, clock_ms: Callable[[], int] | None = None) -> None:
+        if clock_ms is None:
+            super().__init__(writer_no)
+        else:
+            super().__init__(writer_no, clock_ms)
         self.handed: list[int] = []
 
     def next(self) -> int:
@@ -122,7 +125,12 @@ class Writer:
         return self.numbers.handed[nth - 1]
 
 
-def start_writer(client: Client, name: str, faults: FaultPlan | None = None) -> Writer:
+def start_writer(
+    client: Client,
+    name: str,
+    faults: FaultPlan | None = None,
+    clock_ms: Callable[[], int] | None = None,
+) -> Writer:
     """A writer as `metering worker` starts one: registered, the head read before the
     dedupe filter is loaded."""
     ledger = Ledger(client)
@@ -130,7 +138,7 @@ def start_writer(client: Client, name: str, faults: FaultPlan | None = None) -> 
     known = ledger.max_committed_seq()
     seen = load_from_store(ledger, FILTER_MIB)
     letters = Letters()
-    numbers = HandedOut(number)
+    numbers = HandedOut(number, clock_ms)
     sink = ClickHouseSink(
         ledger,
         letters,
@@ -648,3 +656,21 @@ def test_a_fold_reads_only_its_own_flush_after_merges_of_both_writers(
     assert granules_read_for(client, a.flush_seq(rounds + 1)) == 1
     assert protocol._views(client) == views_of(range(merged + 100))
     assert_verified(client, 2 * rounds + 1)
+
+
+def test_a_writer_whose_clock_is_behind_numbers_its_flushes_above_the_ledger_s(
+    client: Client,
+) -> None:
+    """Its first flush looks at the ledger before it takes a number: above every
+    committed one, however far behind its clock is."""
+    ahead = start_writer(client, "writer-ahead")
+    ahead.flush(batch(events(0, 0, [0, 1]), {P0: None}))
+    behind = start_writer(client, "writer-behind", clock_ms=lambda: 1_000)  # 2025-01-01
+    behind.flush(batch(events(3, 0, [2, 3]), {P3: None}))
+    for w in (ahead, behind):
+        w.sink.close()
+    assert behind.numbers.handed == [
+        flush_number(behind.number, (ahead.flush_seq(1) >> 22) % (1 << 40) + 1)
+    ]
+    assert protocol._views(client) == views_of([0, 1, 2, 3])
+    assert_verified(client, 2)
