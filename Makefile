@@ -12,7 +12,7 @@ DEMO_DAY ?= 2026-11-02
 
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(or $(KAFKA_PORT),9092)
 
-.PHONY: setup demo test unit integration lint typecheck bench kafka-start kafka-stop \
+.PHONY: setup demo test unit test-unit integration lint typecheck bench kafka-start kafka-stop \
 	clickhouse-start clickhouse-stop clean bench-month
 
 setup: $(STAMP)
@@ -55,6 +55,8 @@ test: setup accessibility-setup promtool-setup
 
 unit: setup promtool-setup
 	$(BIN)/python -m pytest tests/unit
+
+test-unit: unit
 
 integration: setup accessibility-setup promtool-setup
 	$(BIN)/python -m pytest tests/integration

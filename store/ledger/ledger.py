@@ -87,7 +87,8 @@ class Ledger:
 
     def max_flush_seq(self) -> int:
         """The highest flush number committed (0 before any flush)."""
-        return int(self.client.query(sql.MAX_FLUSH_SEQ).result_rows[0][0] or 0)
+        rows = self.client.query(sql.MAX_FLUSH_SEQ).result_rows
+        return int(rows[0][0] or 0) if rows else 0
 
     def head(self) -> tuple[int, str]:
         """(the last commit number, its chain hash): (0, '') before any flush."""
