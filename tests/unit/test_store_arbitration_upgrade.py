@@ -29,7 +29,7 @@ from store.migrations import (
     apply_migrations,
     load_migrations,
 )
-from store.writers import writer_of_flush
+from store.writers import FlushNumbers, flush_number, writer_of_flush
 from store.writers.checks import ArbitrationUnavailableError, check_arbitration
 from streams.sink import ClickHouseSink, counted_events_table, flush_content_sha256
 from tests.unit import test_sink_protocol as protocol
@@ -139,13 +139,16 @@ def test_an_older_store_is_migrated_and_older_writers_are_refused_from_then_on(
     ).result_rows
     assert [tuple(r) for r in rows] == [(1, 1, 0), (2, 2, 0)]
     writer = register_writer(client)
-    sink = ClickHouseSink(Ledger(client), protocol.Letters(), writer_no=writer, worker="new")
+    numbers = FlushNumbers(writer, clock_ms=lambda: 5_000)  # 5 s after 2025-01-01
+    sink = ClickHouseSink(
+        Ledger(client), protocol.Letters(), writer_no=writer, worker="new", flush_numbers=numbers
+    )
     result = asyncio.run(sink.flush(batch(events(0, 5, [5, 6, 2]), {(TOPIC, 0): 5})))
     sink.close()
     assert (result.commit_seq, result.counted, result.duplicates) == (3, 2, 1)
-    # Its number is of this release's form, above both older ones.
+    # Its number is of this release's form (the older numbers 1 and 2 move nothing).
+    assert result.flush_seq == flush_number(writer, 5_000) == (1 << 62) + (5_000 << 22) + writer
     assert writer_of_flush(result.flush_seq) == writer
-    assert 1 << 62 <= result.flush_seq < 1 << 63
     # The older release's staged rows can never commit now: its range is counted.
     assert Janitor(Ledger(client)).delete_orphans() == (3,)
     assert protocol._views(client) == views_of([0, 1, 2, 3, 4, 5, 6])
